@@ -1,0 +1,219 @@
+//! `cryptoviz-operator`: reconciles CryptoPipelines into Kafka topics, database schema and worker Deployments.
+
+mod controller;
+mod leader;
+mod metrics;
+mod status;
+mod storage;
+mod topics;
+mod workloads;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+/// Kubernetes operator for CryptoViz pipelines. Every flag can also be set through its environment variable.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Namespaces to watch (repeat the flag, or comma-separate in the variable). None: the whole cluster.
+    #[arg(long = "watch-namespace", env = "CRYPTOVIZ_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+
+    /// Worker image used by pipelines that do not override it.
+    #[arg(long, env = "CRYPTOVIZ_WORKER_IMAGE", default_value = concat!("ghcr.io/cryptoviz/cryptoviz:", env!("CARGO_PKG_VERSION")))]
+    worker_image: String,
+
+    /// Image pull policy of worker containers.
+    #[arg(long, env = "CRYPTOVIZ_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    image_pull_policy: String,
+
+    /// Address of the HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "CRYPTOVIZ_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+
+    /// Periodic resync of every pipeline: how often topic and database drift is looked for (e.g. 5m).
+    #[arg(long, env = "CRYPTOVIZ_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    resync_interval: Duration,
+
+    /// How long external clean-up may fail before the finalizer is released with a Warning event.
+    #[arg(long, env = "CRYPTOVIZ_FINALIZER_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    finalizer_timeout: Duration,
+
+    /// Elect a leader through a Lease, so several replicas can run.
+    #[arg(long, env = "CRYPTOVIZ_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+
+    /// Namespace of the leader Lease (defaults to the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "CRYPTOVIZ_LEASE_NAME", default_value = "cryptoviz-operator")]
+    lease_name: String,
+
+    /// Lease duration (renewed every third of it).
+    #[arg(long, env = "CRYPTOVIZ_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+
+    /// This replica's identity in the Lease and in events (defaults to the pod name, else host and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Log format: json (default, for production) or text.
+    #[arg(long, env = "CRYPTOVIZ_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cryptoviz_crds::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    }
+}
+
+struct Web {
+    registry: Registry,
+    ready: AtomicBool,
+}
+
+async fn metrics_handler(State(web): State<Arc<Web>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &web.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn readyz(State(web): State<Arc<Web>>) -> impl IntoResponse {
+    if web.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        format!("{}-{}", std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(), std::process::id())
+    });
+
+    let client =
+        kube::Client::try_default().await.context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::new(&mut registry);
+    let web = Arc::new(Web { registry, ready: AtomicBool::new(false) });
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(web.clone());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // Shutdown on SIGTERM/SIGINT, or when leadership is lost.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signal_tx.send(true);
+    });
+
+    let leadership = if args.leader_elect {
+        let cfg = leader::LeaseConfig {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: args.lease_duration,
+        };
+        web.ready.store(true, Ordering::Relaxed); // a standby is healthy and ready
+        let mut stop = stop_rx.clone();
+        let l = tokio::select! {
+            l = leader::acquire(client.clone(), cfg) => l,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        Some(Arc::new(l))
+    } else {
+        None
+    };
+    metrics.leader.set(1);
+    let lost = Arc::new(AtomicBool::new(false));
+    if let Some(l) = leadership.clone() {
+        let tx = stop_tx.clone();
+        let lost = lost.clone();
+        tokio::spawn(async move {
+            l.keep().await;
+            lost.store(true, Ordering::Relaxed);
+            let _ = tx.send(true);
+        });
+    }
+
+    let settings = controller::Settings {
+        workloads: workloads::WorkloadDefaults {
+            worker_image: args.worker_image.clone(),
+            image_pull_policy: args.image_pull_policy.clone(),
+        },
+        resync: args.resync_interval,
+        finalizer_timeout: args.finalizer_timeout,
+    };
+    let shared = controller::Shared::new(client, metrics.clone(), settings, identity);
+    let scopes: Vec<Option<String>> = if args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    info!(scopes = ?scopes, "starting controllers");
+    web.ready.store(true, Ordering::Relaxed);
+    let controllers = scopes.into_iter().map(|ns| {
+        let mut stop = stop_rx.clone();
+        controller::run(shared.clone(), ns, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+    });
+    futures::future::join_all(controllers).await;
+
+    metrics.leader.set(0);
+    if lost.load(Ordering::Relaxed) {
+        error!("leadership lost: exiting so a fresh process can stand by");
+        std::process::exit(1);
+    }
+    if let Some(l) = leadership {
+        l.release().await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,519 @@
+//! Kafka topics reconciled from the spec through the admin API: observe (metadata + DescribeConfigs) →
+//! diff → apply only what differs. Owns the `TopicsReady` condition and the topics' clean-up.
+//!
+//! librdkafka's calls block, and its admin futures resolve on librdkafka's own threads, so nothing here
+//! stalls the reconciler's runtime: blocking metadata reads run on `spawn_blocking`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cryptoviz_crds::config::{KAFKA_PASSWORD_ENV, KAFKA_USERNAME_ENV, WorkerConfig};
+use cryptoviz_crds::{CryptoPipeline, TopicRole, TopicsStatus, duration};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::metrics::Metrics;
+use crate::status::Check;
+
+/// Condition type owned by this module.
+pub const CONDITION: &str = "TopicsReady";
+/// Timeout of one admin operation.
+const OP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why topics could not be reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    /// The broker did not answer or refused the request.
+    #[error("Kafka admin {operation} failed: {source}")]
+    Admin {
+        /// The admin operation.
+        operation: &'static str,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// A referenced Secret is missing or lacks a key.
+    #[error("{0}")]
+    Secret(String),
+}
+
+/// A topic as the spec declares it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredTopic {
+    /// The topic's role in the pipeline.
+    pub role: TopicRole,
+    /// Name on the broker.
+    pub name: String,
+    /// Partitions.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication_factor: i32,
+    /// Every config key we manage, with its value.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The desired topics of a pipeline (pure).
+pub fn desired_topics(p: &CryptoPipeline) -> Vec<DesiredTopic> {
+    TopicRole::ALL
+        .into_iter()
+        .map(|role| {
+            let t = p.topic_spec(role);
+            let mut configs = BTreeMap::from([
+                ("cleanup.policy".to_string(), "delete".to_string()),
+                ("compression.type".to_string(), "producer".to_string()),
+                ("max.message.bytes".to_string(), "1048588".to_string()),
+                // The schema's pattern guarantees the duration parses.
+                ("retention.ms".to_string(), duration::parse_millis(&t.retention).unwrap_or(604_800_000).to_string()),
+            ]);
+            configs.extend(t.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+            DesiredTopic {
+                role,
+                name: p.topic_name(role),
+                partitions: t.partitions,
+                replication_factor: t.replication_factor,
+                configs,
+            }
+        })
+        .collect()
+}
+
+/// A topic as the broker has it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveTopic {
+    /// Partition count.
+    pub partitions: i32,
+    /// Replicas of partition 0.
+    pub replication_factor: i32,
+    /// Every config value the broker reports, and whether it was set on the topic (dynamic).
+    pub configs: HashMap<String, (String, bool)>,
+}
+
+/// What must change on the broker for one topic (pure).
+#[derive(Debug, Default, PartialEq)]
+pub struct TopicPlan {
+    /// Create it.
+    pub create: bool,
+    /// Grow it to this many partitions.
+    pub grow_partitions: Option<i32>,
+    /// Managed keys whose live value differs: (key, desired value).
+    pub config_changes: BTreeMap<String, String>,
+    /// A change the broker cannot make; nothing is changed and the condition says why.
+    pub refused: Option<(&'static str, String)>,
+}
+
+/// Diff one desired topic against the live one.
+pub fn plan(desired: &DesiredTopic, live: Option<&LiveTopic>) -> TopicPlan {
+    let Some(live) = live else { return TopicPlan { create: true, ..Default::default() } };
+    if live.partitions > desired.partitions {
+        return TopicPlan {
+            refused: Some((
+                "PartitionDecreaseRefused",
+                format!(
+                    "topic {} has {} partitions and the spec asks for {}: Kafka cannot remove partitions",
+                    desired.name, live.partitions, desired.partitions
+                ),
+            )),
+            ..Default::default()
+        };
+    }
+    if live.replication_factor != desired.replication_factor {
+        return TopicPlan {
+            refused: Some((
+                "ReplicationFactorChangeRefused",
+                format!(
+                    "topic {} has replication factor {} and the spec asks for {}: reassign partitions by hand",
+                    desired.name, live.replication_factor, desired.replication_factor
+                ),
+            )),
+            ..Default::default()
+        };
+    }
+    TopicPlan {
+        create: false,
+        grow_partitions: (live.partitions < desired.partitions).then_some(desired.partitions),
+        config_changes: desired
+            .configs
+            .iter()
+            .filter(|(k, v)| live.configs.get(*k).map(|(lv, _)| lv) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        refused: None,
+    }
+}
+
+/// The Kafka admin side of the operator: admin clients cached per connection.
+pub struct Topics {
+    clients: Mutex<HashMap<String, Arc<AdminClient<DefaultClientContext>>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The result of reconciling one pipeline's topics.
+pub struct TopicsOutcome {
+    /// The TopicsReady verdict.
+    pub check: Check,
+    /// Names, once provisioned.
+    pub status: Option<TopicsStatus>,
+    /// Refusals worth a Warning event: (reason, message).
+    pub warnings: Vec<(String, String)>,
+    /// Drift corrections made: (reason, message), worth a Normal event.
+    pub changes: Vec<(String, String)>,
+}
+
+impl Topics {
+    /// A topic reconciler recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Topics { clients: Mutex::new(HashMap::new()), metrics }
+    }
+
+    /// The admin client for a pipeline's connection (credentials read from its Secrets).
+    async fn client(
+        &self,
+        p: &CryptoPipeline,
+        kube: &kube::Client,
+    ) -> Result<Arc<AdminClient<DefaultClientContext>>, TopicsError> {
+        let kafka = WorkerConfig::for_pipeline(p).map_err(|e| TopicsError::Secret(e.to_string()))?.kafka;
+        let ns = p.namespace().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
+        let mut creds = HashMap::new();
+        if let Some(sasl) = &p.spec.kafka.sasl {
+            creds.insert(KAFKA_USERNAME_ENV, secret_value(&secrets, &sasl.secret_name, "username").await?);
+            creds.insert(KAFKA_PASSWORD_ENV, secret_value(&secrets, &sasl.secret_name, "password").await?);
+        }
+        let mut props = kafka.client_properties(|k| creds.get(k).cloned());
+        // The operator reads the CA from the Secret; workers read the mounted file.
+        props.retain(|(k, _)| k != "ssl.ca.location");
+        if let Some(ca) = p.spec.kafka.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
+            props.push(("ssl.ca.pem".into(), secret_value(&secrets, &ca.name, &ca.key).await?));
+        }
+        let key = props.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n");
+        if let Some(c) = self.clients.lock().unwrap().get(&key) {
+            return Ok(c.clone());
+        }
+        let mut cfg = ClientConfig::new();
+        for (k, v) in &props {
+            cfg.set(k, v);
+        }
+        cfg.set("socket.timeout.ms", "10000");
+        let client: AdminClient<DefaultClientContext> =
+            cfg.create().map_err(|source| TopicsError::Admin { operation: "connect", source })?;
+        let client = Arc::new(client);
+        self.clients.lock().unwrap().insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Observe, diff and apply one pipeline's topics. `claimed_elsewhere` holds topic names an older
+    /// pipeline already claims on the same brokers.
+    pub async fn reconcile(
+        &self,
+        p: &CryptoPipeline,
+        kube: &kube::Client,
+        claimed_elsewhere: &[String],
+    ) -> TopicsOutcome {
+        match self.try_reconcile(p, kube, claimed_elsewhere).await {
+            Ok(o) => o,
+            Err(e) => {
+                let reason = match &e {
+                    TopicsError::Admin { .. } => "KafkaUnavailable",
+                    TopicsError::Secret(_) => "SecretInvalid",
+                };
+                TopicsOutcome {
+                    check: Check::failed(CONDITION, reason, e.to_string()),
+                    status: p.status.as_ref().and_then(|s| s.topics.clone()),
+                    warnings: vec![],
+                    changes: vec![],
+                }
+            }
+        }
+    }
+
+    async fn try_reconcile(
+        &self,
+        p: &CryptoPipeline,
+        kube: &kube::Client,
+        claimed_elsewhere: &[String],
+    ) -> Result<TopicsOutcome, TopicsError> {
+        let desired = desired_topics(p);
+        if let Some(t) = desired.iter().find(|t| claimed_elsewhere.contains(&t.name)) {
+            let msg = format!("topic {} is already used by another CryptoPipeline on the same brokers", t.name);
+            return Ok(TopicsOutcome {
+                check: Check::failed(CONDITION, "TopicConflict", msg.clone()),
+                status: None,
+                warnings: vec![("TopicConflict".into(), msg)],
+                changes: vec![],
+            });
+        }
+        let client = self.client(p, kube).await?;
+        let ours: Vec<String> = p
+            .status
+            .as_ref()
+            .and_then(|s| s.topics.as_ref())
+            .map(|t| vec![t.raw.clone(), t.stream.clone(), t.dlq.clone()])
+            .unwrap_or_default();
+        let live = self.observe(&client, &desired).await?;
+
+        let mut warnings = vec![];
+        let mut changes = vec![];
+        for t in &desired {
+            let l = live.get(&t.name);
+            let plan = plan(t, l);
+            if let Some((reason, msg)) = &plan.refused {
+                self.metrics.refused_changes.inc();
+                warnings.push((reason.to_string(), msg.clone()));
+                continue;
+            }
+            // A topic we did not create is adopted only when it already matches partitions and replication.
+            if l.is_some() && !ours.contains(&t.name) && plan.grow_partitions.is_some() {
+                let msg = format!("topic {} exists with other settings and was not created for this pipeline", t.name);
+                warnings.push(("TopicConflict".into(), msg));
+                continue;
+            }
+            if plan.create {
+                self.create(&client, t).await?;
+                changes
+                    .push(("TopicCreated".into(), format!("created topic {} ({} partitions)", t.name, t.partitions)));
+            }
+            if let Some(n) = plan.grow_partitions {
+                let r = client.create_partitions(&[NewPartitions::new(&t.name, n as usize)], &opts()).await;
+                self.check_results(
+                    "create_partitions",
+                    r.map(|v| v.into_iter().map(|r| r.map_err(|(n, e)| (n, e))).collect()),
+                )?;
+                changes.push(("PartitionsIncreased".into(), format!("topic {} grown to {n} partitions", t.name)));
+            }
+            if !plan.config_changes.is_empty() {
+                self.alter(&client, t, l.expect("configs differ only on a live topic"), &plan.config_changes).await?;
+                self.metrics.drift_corrections.inc();
+                let keys: Vec<&str> = plan.config_changes.keys().map(String::as_str).collect();
+                changes.push(("TopicConfigCorrected".into(), format!("topic {}: set {}", t.name, keys.join(", "))));
+            }
+        }
+        let status = TopicsStatus {
+            raw: p.topic_name(TopicRole::Raw),
+            stream: p.topic_name(TopicRole::Stream),
+            dlq: p.topic_name(TopicRole::Dlq),
+        };
+        let check = match warnings.first() {
+            Some((reason, msg)) => Check::failed(CONDITION, reason, msg.clone()),
+            None => Check::ok(
+                CONDITION,
+                "Provisioned",
+                format!("topics {}, {} and {} match the spec", status.raw, status.stream, status.dlq),
+            ),
+        };
+        Ok(TopicsOutcome { check, status: Some(status), warnings, changes })
+    }
+
+    /// Read partitions, replication and configs of the desired topics that exist.
+    async fn observe(
+        &self,
+        client: &Arc<AdminClient<DefaultClientContext>>,
+        desired: &[DesiredTopic],
+    ) -> Result<HashMap<String, LiveTopic>, TopicsError> {
+        let names: Vec<String> = desired.iter().map(|t| t.name.clone()).collect();
+        let c = client.clone();
+        let md = tokio::task::spawn_blocking(move || {
+            names
+                .iter()
+                .map(|n| c.inner().fetch_metadata(Some(n), OP_TIMEOUT).map(|md| (n.clone(), md)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .expect("metadata task")
+        .map_err(|source| TopicsError::Admin { operation: "metadata", source });
+        self.metrics.external("kafka", "metadata", md.is_ok());
+        let mut live = HashMap::new();
+        for (name, md) in md? {
+            let Some(t) = md.topics().iter().find(|t| t.name() == name) else { continue };
+            if t.error().is_some_and(|e| e == RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+                continue;
+            }
+            if let Some(e) = t.error() {
+                return Err(TopicsError::Admin {
+                    operation: "metadata",
+                    source: KafkaError::MetadataFetch(RDKafkaErrorCode::from(e)),
+                });
+            }
+            let partitions = t.partitions().len() as i32;
+            let replication_factor = t.partitions().first().map(|p| p.replicas().len() as i32).unwrap_or(0);
+            live.insert(name, LiveTopic { partitions, replication_factor, configs: HashMap::new() });
+        }
+        if !live.is_empty() {
+            let names: Vec<String> = live.keys().cloned().collect();
+            let specs: Vec<ResourceSpecifier> = names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+            let res = client.describe_configs(&specs, &opts()).await;
+            self.metrics.external("kafka", "describe_configs", res.is_ok());
+            for r in res.map_err(|source| TopicsError::Admin { operation: "describe_configs", source })? {
+                let r = r.map_err(|code| TopicsError::Admin {
+                    operation: "describe_configs",
+                    source: KafkaError::AdminOp(code),
+                })?;
+                let rdkafka::admin::OwnedResourceSpecifier::Topic(name) = &r.specifier else { continue };
+                if let Some(t) = live.get_mut(name) {
+                    t.configs = r
+                        .entries
+                        .iter()
+                        .filter_map(|e| {
+                            e.value.clone().map(|v| (e.name.clone(), (v, e.source == ConfigSource::DynamicTopic)))
+                        })
+                        .collect();
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    async fn create(&self, client: &AdminClient<DefaultClientContext>, t: &DesiredTopic) -> Result<(), TopicsError> {
+        let mut nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor));
+        for (k, v) in &t.configs {
+            nt = nt.set(k, v);
+        }
+        let r = client.create_topics(&[nt], &opts()).await;
+        self.check_results("create_topics", r)
+    }
+
+    /// AlterConfigs replaces a topic's whole dynamic config, so the request carries every key set on the
+    /// topic today (keys we do not manage keep their values) plus our corrections.
+    async fn alter(
+        &self,
+        client: &AdminClient<DefaultClientContext>,
+        t: &DesiredTopic,
+        live: &LiveTopic,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<(), TopicsError> {
+        let mut merged: BTreeMap<&str, &str> = live
+            .configs
+            .iter()
+            .filter(|(_, (_, dynamic))| *dynamic)
+            .map(|(k, (v, _))| (k.as_str(), v.as_str()))
+            .collect();
+        merged.extend(t.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        merged.extend(changes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut ac = AlterConfig::new(ResourceSpecifier::Topic(&t.name));
+        for (k, v) in merged {
+            ac = ac.set(k, v);
+        }
+        let r = client.alter_configs(&[ac], &opts()).await;
+        self.metrics.external("kafka", "alter_configs", matches!(&r, Ok(v) if v.iter().all(Result::is_ok)));
+        for res in r.map_err(|source| TopicsError::Admin { operation: "alter_configs", source })? {
+            res.map_err(|(_, code)| TopicsError::Admin {
+                operation: "alter_configs",
+                source: KafkaError::AdminOp(code),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn check_results(
+        &self,
+        operation: &'static str,
+        r: Result<Vec<Result<String, (String, RDKafkaErrorCode)>>, KafkaError>,
+    ) -> Result<(), TopicsError> {
+        let ok = matches!(&r, Ok(v) if v.iter().all(|r| r.is_ok() || matches!(r, Err((_, RDKafkaErrorCode::TopicAlreadyExists)))));
+        self.metrics.external("kafka", operation, ok);
+        for res in r.map_err(|source| TopicsError::Admin { operation, source })? {
+            match res {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(TopicsError::Admin { operation, source: KafkaError::AdminOp(code) }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete the pipeline's topics (deletionPolicy Delete). Missing topics are fine: clean-up is idempotent.
+    pub async fn cleanup(&self, p: &CryptoPipeline, kube: &kube::Client) -> Result<(), TopicsError> {
+        let client = self.client(p, kube).await?;
+        let names: Vec<String> = TopicRole::ALL.into_iter().map(|r| p.topic_name(r)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let r = client.delete_topics(&refs, &opts()).await;
+        let ok = matches!(&r, Ok(v) if v.iter().all(|r| r.is_ok() || matches!(r, Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)))));
+        self.metrics.external("kafka", "delete_topics", ok);
+        for res in r.map_err(|source| TopicsError::Admin { operation: "delete_topics", source })? {
+            match res {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, code)) => {
+                    return Err(TopicsError::Admin { operation: "delete_topics", source: KafkaError::AdminOp(code) });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn opts() -> AdminOptions {
+    AdminOptions::new().request_timeout(Some(OP_TIMEOUT)).operation_timeout(Some(OP_TIMEOUT))
+}
+
+async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<String, TopicsError> {
+    let s = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| TopicsError::Secret(format!("reading Secret {name}: {e}")))?
+        .ok_or_else(|| TopicsError::Secret(format!("Secret {name} does not exist")))?;
+    let bytes = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| TopicsError::Secret(format!("Secret {name} has no key {key}")))?;
+    String::from_utf8(bytes.0.clone()).map_err(|_| TopicsError::Secret(format!("Secret {name} key {key} is not UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired() -> DesiredTopic {
+        DesiredTopic {
+            role: TopicRole::Raw,
+            name: "ns.p.raw".into(),
+            partitions: 3,
+            replication_factor: 1,
+            configs: BTreeMap::from([
+                ("retention.ms".into(), "1000".into()),
+                ("cleanup.policy".into(), "delete".into()),
+            ]),
+        }
+    }
+
+    fn live(partitions: i32, rf: i32, retention: &str) -> LiveTopic {
+        LiveTopic {
+            partitions,
+            replication_factor: rf,
+            configs: HashMap::from([
+                ("retention.ms".into(), (retention.into(), true)),
+                ("cleanup.policy".into(), ("delete".into(), false)),
+                ("segment.bytes".into(), ("1234".into(), true)),
+            ]),
+        }
+    }
+
+    #[test]
+    fn missing_topic_is_created() {
+        assert!(plan(&desired(), None).create);
+    }
+
+    #[test]
+    fn matching_topic_needs_nothing() {
+        assert_eq!(plan(&desired(), Some(&live(3, 1, "1000"))), TopicPlan::default());
+    }
+
+    #[test]
+    fn drift_in_a_managed_key_only_is_corrected() {
+        let p = plan(&desired(), Some(&live(3, 1, "5")));
+        assert_eq!(p.config_changes, BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]));
+        assert!(!p.config_changes.contains_key("segment.bytes"));
+    }
+
+    #[test]
+    fn partitions_grow_but_never_shrink_and_replication_is_fixed() {
+        assert_eq!(plan(&desired(), Some(&live(2, 1, "1000"))).grow_partitions, Some(3));
+        assert_eq!(plan(&desired(), Some(&live(5, 1, "1000"))).refused.unwrap().0, "PartitionDecreaseRefused");
+        assert_eq!(plan(&desired(), Some(&live(3, 2, "1000"))).refused.unwrap().0, "ReplicationFactorChangeRefused");
+    }
+}
