@@ -205,11 +205,6 @@ pub fn condition<'a>(s: &'a CryptoPipelineStatus, type_: &str) -> Option<&'a Con
     s.conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// Human name of a pipeline for messages: `namespace/name`.
-pub fn display(p: &CryptoPipeline) -> String {
-    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,8 +160,6 @@ pub struct TopicsOutcome {
     pub check: Check,
     /// Names, once provisioned.
     pub status: Option<TopicsStatus>,
-    /// Refusals worth a Warning event: (reason, message).
-    pub warnings: Vec<(String, String)>,
     /// Drift corrections made: (reason, message), worth a Normal event.
     pub changes: Vec<(String, String)>,
 }
@@ -226,7 +224,6 @@ impl Topics {
                 TopicsOutcome {
                     check: Check::failed(CONDITION, reason, e.to_string()),
                     status: p.status.as_ref().and_then(|s| s.topics.clone()),
-                    warnings: vec![],
                     changes: vec![],
                 }
             }
@@ -243,9 +240,8 @@ impl Topics {
         if let Some(t) = desired.iter().find(|t| claimed_elsewhere.contains(&t.name)) {
             let msg = format!("topic {} is already used by another CryptoPipeline on the same brokers", t.name);
             return Ok(TopicsOutcome {
-                check: Check::failed(CONDITION, "TopicConflict", msg.clone()),
+                check: Check::failed(CONDITION, "TopicConflict", msg),
                 status: None,
-                warnings: vec![("TopicConflict".into(), msg)],
                 changes: vec![],
             });
         }
@@ -258,7 +254,8 @@ impl Topics {
             .unwrap_or_default();
         let live = self.observe(&client, &desired).await?;
 
-        let mut warnings = vec![];
+        // Refusals and conflicts: the first becomes the condition (a Warning event on transition).
+        let mut warnings: Vec<(String, String)> = vec![];
         let mut changes = vec![];
         for t in &desired {
             let l = live.get(&t.name);
@@ -307,7 +304,7 @@ impl Topics {
                 format!("topics {}, {} and {} match the spec", status.raw, status.stream, status.dlq),
             ),
         };
-        Ok(TopicsOutcome { check, status: Some(status), warnings, changes })
+        Ok(TopicsOutcome { check, status: Some(status), changes })
     }
 
     /// Read partitions, replication and configs of the desired topics that exist.

@@ -298,8 +298,6 @@ pub fn pod_disruption_budget(p: &CryptoPipeline, c: Component) -> Option<PodDisr
 
 /// Everything the pipeline wants in Kubernetes right now.
 pub struct Desired {
-    /// The rendered worker configuration.
-    pub config: WorkerConfig,
     /// Its hash (on pod templates).
     pub hash: String,
     /// The worker ConfigMap.
@@ -326,7 +324,6 @@ pub fn desired(p: &CryptoPipeline, d: &WorkloadDefaults) -> Result<Desired, conf
         deployments,
         pdbs,
         hash,
-        config,
     })
 }
 
