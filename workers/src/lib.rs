@@ -1,0 +1,8 @@
+//! CryptoViz workers: the scraper, the consumer, the SSE gateway and standalone mode, sharing one
+//! configuration format ([`cryptoviz_crds::config::WorkerConfig`]), one message schema ([`message`]) and
+//! one HTTP server for health and metrics ([`server`]).
+
+pub mod bus;
+pub mod message;
+pub mod server;
+pub mod telemetry;
