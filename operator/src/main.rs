@@ -1,12 +1,6 @@
 //! `cryptoviz-operator`: reconciles CryptoPipelines into Kafka topics, database schema and worker Deployments.
 
-mod controller;
-mod leader;
-mod metrics;
-mod status;
-mod storage;
-mod topics;
-mod workloads;
+use cryptoviz_operator::{controller, leader, metrics, workloads};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

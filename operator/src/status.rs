@@ -4,7 +4,6 @@
 use cryptoviz_crds::{CryptoPipeline, CryptoPipelineStatus, TopicsStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
 
 use crate::workloads::Component;
 

@@ -231,7 +231,8 @@ impl Storage {
         StorageOutcome { check }
     }
 
-    async fn reconcile_with(&self, p: &CryptoPipeline, c: &mut PgConnection) -> Result<Mode, StorageError> {
+    /// Reconcile schema, candles and policies over an open connection (what `reconcile` does once connected).
+    pub async fn reconcile_with(&self, p: &CryptoPipeline, c: &mut PgConnection) -> Result<Mode, StorageError> {
         let mode = detect_mode(c).await?;
         let schema = p.schema_name();
         let s = quote_ident(&schema);
@@ -431,13 +432,19 @@ impl Storage {
     /// Drop the pipeline's schema (deletionPolicy Delete). Idempotent.
     pub async fn cleanup(&self, p: &CryptoPipeline, kube: &kube::Client) -> Result<(), StorageError> {
         let mut c = self.connect(p, kube).await?;
+        let r = self.cleanup_with(p, &mut c).await;
+        let _ = c.close().await;
+        r
+    }
+
+    /// Drop the pipeline's schema over an open connection.
+    pub async fn cleanup_with(&self, p: &CryptoPipeline, c: &mut PgConnection) -> Result<(), StorageError> {
         let s = quote_ident(&p.schema_name());
         let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {s} CASCADE")))
-            .execute(&mut c)
+            .execute(c)
             .await
             .map_err(sql("drop schema"));
         self.metrics.external("database", "drop_schema", r.is_ok());
-        let _ = c.close().await;
         r.map(|_| ())
     }
 }

@@ -298,8 +298,6 @@ pub fn pod_disruption_budget(p: &CryptoPipeline, c: Component) -> Option<PodDisr
 
 /// Everything the pipeline wants in Kubernetes right now.
 pub struct Desired {
-    /// Its hash (on pod templates).
-    pub hash: String,
     /// The worker ConfigMap.
     pub config_map: ConfigMap,
     /// Deployments of the wanted components.
@@ -323,7 +321,6 @@ pub fn desired(p: &CryptoPipeline, d: &WorkloadDefaults) -> Result<Desired, conf
         service: Component::Gateway.wanted(p).then(|| gateway_service(p)),
         deployments,
         pdbs,
-        hash,
     })
 }
 
@@ -381,7 +378,11 @@ mod tests {
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
         assert_eq!(c["args"][0], "scraper");
-        assert_eq!(v["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION], d.hash.as_str());
+        let rendered = &d.config_map.data.as_ref().unwrap()[CONFIG_FILE];
+        assert_eq!(
+            v["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
+            config_hash(rendered).as_str()
+        );
         assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         assert_eq!(v["metadata"]["labels"][PIPELINE_LABEL], "demo");
     }
@@ -427,8 +428,14 @@ mod tests {
 
     #[test]
     fn a_spec_change_changes_the_hash() {
-        let a = desired(&pipeline(BASIC), &defaults()).unwrap().hash;
-        let b = desired(&pipeline(&BASIC.replace("BTC", "ETH")), &defaults()).unwrap().hash;
+        let hash = |p: &CryptoPipeline| {
+            let d = desired(p, &defaults()).unwrap();
+            d.deployments[0].1.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
+                [CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        let a = hash(&pipeline(BASIC));
+        let b = hash(&pipeline(&BASIC.replace("BTC", "ETH")));
         assert_ne!(a, b);
     }
 

@@ -5,11 +5,15 @@
 //! - `gateway`: Kafka stream topic → Server-Sent Events to browsers
 //! - `standalone`: scraper and gateway (and consumer with a database) in one process, no cluster needed
 //! - `schema`: print the message JSON Schema
+//!
+//! Cluster modes read the configuration the operator renders (`--config /etc/cryptoviz/config.yaml`) and
+//! serve `/health`, `/ready` and `/metrics` on `--listen` (default `0.0.0.0:8080`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use cryptoviz_crds::config::WorkerConfig;
 
 /// CryptoViz worker.
@@ -20,6 +24,17 @@ struct Cli {
     mode: Mode,
 }
 
+/// Options every cluster mode takes.
+#[derive(Args, Debug)]
+struct Common {
+    /// The worker configuration rendered by the operator.
+    #[arg(long, env = "CRYPTOVIZ_CONFIG", default_value = "/etc/cryptoviz/config.yaml")]
+    config: PathBuf,
+    /// Address of the HTTP server (health, metrics; the gateway's streams too).
+    #[arg(long, env = "CRYPTOVIZ_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+}
+
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// Print the JSON Schema of the messages on the topics.
@@ -27,7 +42,8 @@ enum Mode {
 }
 
 /// Read the worker configuration the operator rendered (mounted from the pipeline's ConfigMap).
-pub fn load_config(path: &PathBuf) -> anyhow::Result<WorkerConfig> {
+#[allow(dead_code)]
+fn load_config(path: &PathBuf) -> anyhow::Result<WorkerConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     WorkerConfig::from_yaml(&text).with_context(|| format!("parsing {}", path.display()))
 }

@@ -1,0 +1,10 @@
+//! The CryptoViz operator as a library: the binary in `main.rs` wires these together; integration tests and
+//! benchmarks call them directly.
+
+pub mod controller;
+pub mod leader;
+pub mod metrics;
+pub mod status;
+pub mod storage;
+pub mod topics;
+pub mod workloads;
