@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+pub mod operator;
 use std::time::{Duration, Instant};
 
 /// Endpoints of the running test environment, read from `$CRYPTOVIZ_STATE/env`.
