@@ -4,5 +4,7 @@
 
 pub mod bus;
 pub mod message;
+pub mod scraper;
 pub mod server;
+pub mod sources;
 pub mod telemetry;

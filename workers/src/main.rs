@@ -39,10 +39,11 @@ struct Common {
 enum Mode {
     /// Print the JSON Schema of the messages on the topics.
     Schema,
+    /// Sources → normalised messages → Kafka raw and stream topics.
+    Scraper(Common),
 }
 
 /// Read the worker configuration the operator rendered (mounted from the pipeline's ConfigMap).
-#[allow(dead_code)]
 fn load_config(path: &PathBuf) -> anyhow::Result<WorkerConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     WorkerConfig::from_yaml(&text).with_context(|| format!("parsing {}", path.display()))
@@ -55,6 +56,10 @@ async fn main() -> anyhow::Result<()> {
         Mode::Schema => {
             print!("{}", cryptoviz_workers::message::json_schema());
             Ok(())
+        }
+        Mode::Scraper(c) => {
+            cryptoviz_workers::telemetry::init();
+            cryptoviz_workers::scraper::run(load_config(&c.config)?, c.listen).await
         }
     }
 }
