@@ -39,6 +39,8 @@ struct Common {
 enum Mode {
     /// Print the JSON Schema of the messages on the topics.
     Schema,
+    /// Kafka stream topic → Server-Sent Events to browsers.
+    Gateway(Common),
     /// Sources → normalised messages → Kafka raw and stream topics.
     Scraper(Common),
 }
@@ -56,6 +58,10 @@ async fn main() -> anyhow::Result<()> {
         Mode::Schema => {
             print!("{}", cryptoviz_workers::message::json_schema());
             Ok(())
+        }
+        Mode::Gateway(c) => {
+            cryptoviz_workers::telemetry::init();
+            cryptoviz_workers::gateway::run(load_config(&c.config)?, c.listen).await
         }
         Mode::Scraper(c) => {
             cryptoviz_workers::telemetry::init();

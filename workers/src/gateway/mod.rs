@@ -1,0 +1,211 @@
+//! The SSE gateway: the stream topic fanned out to browsers as Server-Sent Events.
+//!
+//! - [`hub`]: the transport-independent core (replay ring, cursors, slow-client sweep), fed by any
+//!   `Stream<Item = bus::Record>`.
+//! - [`kafka`]: the Kafka tail — every replica reads every partition (`assign`, no consumer group).
+//! - [`sse`]: `GET /stream` per client; [`payload`]: what clients receive; [`auth`]: optional HS256 JWTs.
+//!
+//! The gateway runs its own accept loop rather than [`crate::server::serve`] so that it can close the
+//! connection of a client whose socket stopped draining (its body is never polled again, so nothing inside
+//! the response can notice). Event format, ids and resume: `docs/gateway.md`.
+
+pub mod auth;
+pub mod hub;
+pub mod kafka;
+pub mod metrics;
+pub mod payload;
+pub mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use cryptoviz_crds::config::WorkerConfig;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_service::Service as _;
+
+use self::auth::Auth;
+use self::hub::{Hub, HubOptions};
+use self::metrics::Metrics;
+use crate::server::Health;
+
+/// The live page, self-contained (no CDN, no external fetch).
+const PAGE: &str = include_str!("page.html");
+
+/// How long connections get to finish after the shutdown event before they are closed.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Environment variable overriding how many events a client may fall behind before it is disconnected.
+pub const CLIENT_QUEUE_ENV: &str = "CRYPTOVIZ_GATEWAY_CLIENT_QUEUE";
+
+/// State shared by the gateway's handlers.
+pub struct Gateway {
+    /// The fan-out hub.
+    pub hub: Arc<Hub>,
+    /// Token verification, when auth is on.
+    pub auth: Option<Auth>,
+}
+
+/// Hub options from the worker configuration.
+pub fn hub_options(cfg: &WorkerConfig) -> anyhow::Result<HubOptions> {
+    let client_queue = match std::env::var(CLIENT_QUEUE_ENV) {
+        Ok(v) => v.parse().map_err(|e| anyhow::anyhow!("{CLIENT_QUEUE_ENV}={v:?}: {e}"))?,
+        Err(_) => HubOptions::DEFAULT_CLIENT_QUEUE,
+    };
+    Ok(HubOptions {
+        replay_buffer: cfg.gateway.replay_buffer as usize,
+        client_queue,
+        heartbeat: Duration::from_millis(cfg.gateway.heartbeat_interval_ms.max(100)),
+        retry_ms: 1000,
+        max_clients: cfg.gateway.max_clients,
+    })
+}
+
+/// The gateway's routes (`/`, `/stream`, `/stats`) merged with `/health`, `/ready` and `/metrics`, behind
+/// the CORS allow-list.
+pub fn router(gw: Arc<Gateway>, registry: Registry, health: Arc<Health>, cors_origins: &[String]) -> Router {
+    let own = Router::new()
+        .route("/", get(page))
+        .route("/stream", get(sse::stream))
+        .route("/stats", get(stats))
+        .with_state(gw);
+    let app = own.merge(crate::server::router(registry, health));
+    if cors_origins.is_empty() {
+        return app;
+    }
+    let origins = if cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    app.layer(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET])
+            .allow_headers([header::AUTHORIZATION, header::HeaderName::from_static("last-event-id")]),
+    )
+}
+
+async fn page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
+}
+
+async fn stats(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    axum::Json(gw.hub.stats())
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves; then tell every client to reconnect (the hub's
+/// shutdown event), let connections drain for a few seconds, and close the rest.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    hub: Arc<Hub>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    // Each connection holds a sender; `recv` returns `None` once all of them are gone.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let mut drain = drain_rx.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let _done = done;
+            let kill = Arc::new(Notify::new());
+            let conn_kill = sse::ConnKill(kill.clone());
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(conn_kill.clone());
+                app.clone().call(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                // Dropping the connection closes the socket of a client that stopped reading.
+                _ = kill.notified() => return,
+                _ = drain.wait_for(|d| *d) => conn.as_mut().graceful_shutdown(),
+            }
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = kill.notified() => {}
+                _ = tokio::time::sleep(DRAIN_GRACE) => {}
+            }
+        });
+    }
+    drop(listener);
+    hub.shutdown();
+    let _ = drain_tx.send(true);
+    drop(done_tx);
+    let _ = tokio::time::timeout(DRAIN_GRACE * 2, done_rx.recv()).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Gateway mode: tail the stream topic from Kafka and serve SSE on `listen` until SIGTERM.
+pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
+    let auth = Auth::from_env(cfg.gateway.jwt_key_env.as_deref())?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let hub = Hub::new(hub_options(&cfg)?, metrics);
+    let health = Health::new();
+    let gw = Arc::new(Gateway { hub: hub.clone(), auth });
+    let app = router(gw, registry, health.clone(), &cfg.gateway.cors_origins);
+    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+
+    let tail = tokio::spawn({
+        let (hub, health) = (hub.clone(), health.clone());
+        async move {
+            if let Err(e) = kafka::tail(cfg, hub, health.clone()).await {
+                // Unusable Kafka settings: report unhealthy so the pod restarts with the error in its log.
+                tracing::error!(error = %e, "the Kafka tail stopped");
+                health.set_ready(false);
+                health.set_live(false);
+            }
+        }
+    });
+    tokio::spawn(hub.clone().housekeeping());
+    let served = serve(listener, app, hub, terminated()).await;
+    tail.abort();
+    served
+}
