@@ -305,7 +305,11 @@ impl Storage {
             match live {
                 Some((_, true)) => {}
                 Some((job_id, false)) => {
-                    sqlx::query("SELECT alter_job($1, config => jsonb_set(config, '{drop_after}', to_jsonb($2::interval::text)))")
+                    // `config` is the job's own: read it from the jobs view in the same statement.
+                    sqlx::query(
+                        "SELECT alter_job(job_id, config => jsonb_set(config, '{drop_after}', to_jsonb($2::interval::text))) \
+                         FROM timescaledb_information.jobs WHERE job_id = $1",
+                    )
                         .bind(job_id)
                         .bind(&interval)
                         .execute(&mut *c)
@@ -368,7 +372,10 @@ impl Storage {
                 }
                 (Some(iv), live) => {
                     if let Some((job_id, _)) = live {
-                        sqlx::query("SELECT alter_job($1, config => jsonb_set(config, '{compress_after}', to_jsonb($2::interval::text)))")
+                        sqlx::query(
+                            "SELECT alter_job(job_id, config => jsonb_set(config, '{compress_after}', to_jsonb($2::interval::text))) \
+                             FROM timescaledb_information.jobs WHERE job_id = $1",
+                        )
                             .bind(job_id)
                             .bind(iv)
                             .execute(&mut *c)

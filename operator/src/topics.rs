@@ -291,20 +291,26 @@ impl Topics {
                 changes.push(("TopicConfigCorrected".into(), format!("topic {}: set {}", t.name, keys.join(", "))));
             }
         }
-        let status = TopicsStatus {
+        let names = TopicsStatus {
             raw: p.topic_name(TopicRole::Raw),
             stream: p.topic_name(TopicRole::Stream),
             dlq: p.topic_name(TopicRole::Dlq),
+        };
+        // Only topics we created or adopted are recorded as ours: a conflicting one must never be adopted later.
+        let status = if warnings.iter().any(|(r, _)| r == "TopicConflict") {
+            p.status.as_ref().and_then(|s| s.topics.clone())
+        } else {
+            Some(names.clone())
         };
         let check = match warnings.first() {
             Some((reason, msg)) => Check::failed(CONDITION, reason, msg.clone()),
             None => Check::ok(
                 CONDITION,
                 "Provisioned",
-                format!("topics {}, {} and {} match the spec", status.raw, status.stream, status.dlq),
+                format!("topics {}, {} and {} match the spec", names.raw, names.stream, names.dlq),
             ),
         };
-        Ok(TopicsOutcome { check, status: Some(status), changes })
+        Ok(TopicsOutcome { check, status, changes })
     }
 
     /// Read partitions, replication and configs of the desired topics that exist.

@@ -1,12 +1,10 @@
 use std::time::Duration;
 
-use cryptoviz_tests::operator::{Operator, OperatorOptions, install_crd, namespace};
+use cryptoviz_tests::operator::{Operator, OperatorOptions, create, install_crd, namespace, pipeline};
 use cryptoviz_tests::{TestEnv, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-
-use crate::{create, pipeline};
 
 /// Two operator processes: one holds the Lease and reconciles; when it is killed, the other takes over.
 #[tokio::test]

@@ -2,14 +2,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cryptoviz_crds::CryptoPipeline;
-use cryptoviz_tests::operator::{Operator, OperatorOptions, install_crd, namespace};
+use cryptoviz_tests::operator::{Operator, OperatorOptions, create, install_crd, namespace, pipeline};
 use cryptoviz_tests::{TestEnv, wait_for};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-
-use crate::{create, pipeline};
 
 const HASH: &str = "cryptoviz.io/config-hash";
 

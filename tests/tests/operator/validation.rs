@@ -1,10 +1,8 @@
 use cryptoviz_crds::CryptoPipeline;
 use cryptoviz_tests::TestEnv;
-use cryptoviz_tests::operator::{install_crd, namespace};
+use cryptoviz_tests::operator::{install_crd, namespace, pipeline, pipeline_json};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-
-use crate::pipeline;
 
 /// Each invalid spec is refused by the apiserver at create time, with a message that names the problem.
 #[tokio::test]
@@ -90,8 +88,7 @@ async fn invalid_specs_are_refused_with_a_clear_message() {
     ];
     let mut failures = vec![];
     for (i, (what, extra, expected)) in cases.iter().enumerate() {
-        let p: DynamicObject =
-            serde_json::from_value(crate::pipeline_json(&format!("bad-{i}"), extra.clone())).unwrap();
+        let p: DynamicObject = serde_json::from_value(pipeline_json(&format!("bad-{i}"), extra.clone())).unwrap();
         match api.create(&PostParams::default(), &p).await {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(kube::Error::Api(s)) => {
