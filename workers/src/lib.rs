@@ -3,6 +3,7 @@
 //! one HTTP server for health and metrics ([`server`]).
 
 pub mod bus;
+pub mod consumer;
 pub mod gateway;
 pub mod message;
 pub mod scraper;

@@ -43,6 +43,8 @@ enum Mode {
     Gateway(Common),
     /// Sources → normalised messages → Kafka raw and stream topics.
     Scraper(Common),
+    /// Kafka raw topic → TimescaleDB / PostgreSQL, effectively once.
+    Consumer(Common),
 }
 
 /// Read the worker configuration the operator rendered (mounted from the pipeline's ConfigMap).
@@ -66,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
         Mode::Scraper(c) => {
             cryptoviz_workers::telemetry::init();
             cryptoviz_workers::scraper::run(load_config(&c.config)?, c.listen).await
+        }
+        Mode::Consumer(c) => {
+            cryptoviz_workers::telemetry::init();
+            cryptoviz_workers::consumer::run(load_config(&c.config)?, c.listen).await
         }
     }
 }
