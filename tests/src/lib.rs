@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub mod operator;
+pub mod standins;
 use std::time::{Duration, Instant};
 
 /// Endpoints of the running test environment, read from `$CRYPTOVIZ_STATE/env`.
