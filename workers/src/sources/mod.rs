@@ -390,6 +390,72 @@ pub async fn websocket_loop(source: Arc<dyn Source>, plan: StreamPlan, sink: Sin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scraper::test_config;
+
+    /// Seeds for the mutation test: the fixtures the integration tests serve, plus unit-test frames.
+    const SEEDS: &[&str] = &[
+        include_str!("../../../tests/fixtures/scraper/coingecko/prices.json"),
+        include_str!("../../../tests/fixtures/scraper/coinmarketcap/quotes.json"),
+        include_str!("../../../tests/fixtures/scraper/coinmarketcap/rate_limited.json"),
+        include_str!("../../../tests/fixtures/scraper/kraken/connect1.jsonl"),
+        include_str!("../../../tests/fixtures/scraper/kraken/connect3.jsonl"),
+        include_str!("../../../tests/fixtures/scraper/binance/connect1.jsonl"),
+        r#"{"type":"trade","v":1,"source":"synthetic","symbol":"BTC","quote":"USD","trade_id":"1","price":"1.5","quantity":"2","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#,
+    ];
+
+    /// Stands in for `cargo fuzz` (no cargo-fuzz here): 100 000 seeded mutations of real frames through
+    /// every parser. Any panic fails the test; errors are the expected outcome for most inputs.
+    #[test]
+    fn parsers_never_panic_on_mutated_frames() {
+        let cfg = test_config(&["BTC", "ETH"]);
+        let parsers: Vec<Arc<dyn Source>> = [
+            SourceKind::Coingecko,
+            SourceKind::Coinmarketcap,
+            SourceKind::Kraken,
+            SourceKind::Binance,
+            SourceKind::Synthetic,
+        ]
+        .into_iter()
+        .map(|kind| build(&cfg, &SourceConfig { kind, ..cfg.sources[0].clone() }))
+        .collect();
+        let frames: Vec<&[u8]> =
+            SEEDS.iter().flat_map(|s| s.lines()).filter(|l| !l.starts_with('#')).map(str::as_bytes).collect();
+        let alphabet = b"{}[]\":,.-+eE0123456789 truefalsnul\\\x00\xff";
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let now = Utc::now();
+        let (mut ok, mut err) = (0u32, 0u32);
+        for i in 0..100_000 {
+            let mut f = frames[rng.random_range(0..frames.len())].to_vec();
+            for _ in 0..rng.random_range(1..=4) {
+                let at = rng.random_range(0..=f.len());
+                match rng.random_range(0..6) {
+                    0 => f.truncate(at),
+                    1 => f.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                    2 if at < f.len() => f[at] = rng.random(),
+                    3 if at < f.len() => {
+                        let end = rng.random_range(at..=f.len());
+                        f.drain(at..end);
+                    }
+                    4 => {
+                        let other = frames[rng.random_range(0..frames.len())];
+                        let from = rng.random_range(0..=other.len());
+                        f.splice(at..at, other[from..].iter().copied().take(64));
+                    }
+                    _ if at < f.len() && f[at].is_ascii_digit() => f[at] = b"0123456789.-e"[rng.random_range(0..13)],
+                    _ => {}
+                }
+            }
+            match parsers[i % parsers.len()].parse(&f, now) {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert!(!e.reason().is_empty());
+                    err += 1;
+                }
+            }
+        }
+        // Both outcomes are exercised: the mutations are neither all fatal nor all harmless.
+        assert!(ok > 1_000 && err > 10_000, "ok {ok}, err {err}");
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
