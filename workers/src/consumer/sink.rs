@@ -19,7 +19,9 @@ use super::batch::{TickColumns, TradeColumns};
 pub const CONNECT_PER_BATCH_ENV: &str = "CRYPTOVIZ_CONSUMER_CONNECT_PER_BATCH";
 /// A pooled connection unused this long is closed, so other clients of a single-session database get in.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for a connection or a statement before the batch is retried.
+/// Longest wait for a connection: a database that is down is noticed (and consumption paused) this fast.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a batch's transaction before it is retried.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Rows inserted by one batch (conflicting, already stored rows are not counted).
@@ -100,7 +102,7 @@ impl Sink {
                     .max_connections(1)
                     .min_connections(0)
                     .idle_timeout(IDLE_TIMEOUT)
-                    .acquire_timeout(STATEMENT_TIMEOUT)
+                    .acquire_timeout(CONNECT_TIMEOUT)
                     .connect_lazy_with(opts),
             )
         };
