@@ -45,6 +45,9 @@ const PAGE: &str = include_str!("page.html");
 /// How long connections get to finish after the shutdown event before they are closed.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// Kernel send buffer per connection (Linux doubles it).
+const SEND_BUFFER: usize = 32 * 1024;
+
 /// Environment variable overriding how many events a client may fall behind before it is disconnected.
 pub const CLIENT_QUEUE_ENV: &str = "CRYPTOVIZ_GATEWAY_CLIENT_QUEUE";
 
@@ -131,6 +134,9 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // A small kernel send buffer bounds memory per client and makes a stalled reader visible (its
+        // position stops) after kilobytes rather than megabytes of autotuned buffer.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
         let app = app.clone();
         let mut drain = drain_rx.clone();
         let done = done_tx.clone();

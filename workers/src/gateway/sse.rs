@@ -159,7 +159,7 @@ pub async fn stream(
         .collect();
     // A fresh client gets the current id on the welcome; a resuming one keeps its own until it is sent newer
     // events, so ids never go backwards.
-    if sub.floor.is_none() && !sub.gap {
+    if sub.floor.is_none() && !sub.gap && !sub.current.0.is_empty() {
         head.push_str(&format!("id: {}\n", sub.current));
     }
     head.push_str(&format!(

@@ -1,0 +1,132 @@
+//! The live page in a real browser: headless Chromium loads `/`, and prices arriving over SSE are rendered.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cryptoviz_tests::{repo_root, unique, wait_for};
+use tokio::process::Command;
+
+use crate::harness::{Gateway, Opts, Topic, tick};
+
+/// Install Debian's `chromium` when missing (tests/env/toolchain does it too).
+fn chromium() -> PathBuf {
+    let found = |p: &str| std::path::Path::new(p).exists().then(|| PathBuf::from(p));
+    if let Some(p) = found("/usr/bin/chromium") {
+        return p;
+    }
+    let status = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .expect("run apt-get");
+    assert!(status.success(), "apt-get install chromium failed");
+    found("/usr/bin/chromium").expect("chromium installed")
+}
+
+/// Start headless Chromium on `url`; it prints its result once the page's network goes idle (the
+/// virtual-time budget only runs down while nothing is pending, and a live EventSource always is).
+fn spawn_chromium(args: &[&str], url: &str) -> (tokio::process::Child, PathBuf) {
+    let profile = std::env::temp_dir().join(unique("chromium-profile"));
+    let child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1200,800",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run chromium");
+    (child, profile)
+}
+
+async fn finish(child: tokio::process::Child, profile: PathBuf) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("chromium finishes within 60 s of the stream ending")
+        .expect("chromium output");
+    let _ = std::fs::remove_dir_all(profile);
+    assert!(out.status.success(), "chromium failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The page opens an EventSource and fills the table: each symbol's price cell shows the latest price,
+/// with a sparkline; a screenshot is kept in tests/artifacts/gateway.png.
+#[tokio::test]
+async fn live_page_shows_prices_arriving_in_headless_chromium() {
+    let topic = Topic::create(1).await;
+    let gw = Gateway::start(&topic, Opts::default()).await;
+    let (status, html) = gw.get("/").await;
+    assert_eq!(status, 200);
+    // The SVG namespace is a name, not a fetch.
+    let html = html.replace("http://www.w3.org/2000/svg", "");
+    assert!(!html.contains("http://") && !html.contains("https://"), "the page fetches nothing external");
+
+    // Keep prices flowing while the browser is open: it must render what arrives, not only the welcome.
+    let feeder = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for i in 0u64.. {
+                topic.send(0, "BTC", &tick("BTC", &format!("{}.25", 67_000 + i))).await;
+                topic.send(0, "ETH", &tick("ETH", &format!("{}.5", 3_000 + i))).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    gw.wait_received(4).await;
+
+    let url = format!("http://{}/", gw.addr);
+    let artifacts = repo_root().join("tests/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("gateway.png");
+    let _ = std::fs::remove_file(&shot);
+    let dom_browser = spawn_chromium(&["--dump-dom"], &url);
+    let shot_browser = spawn_chromium(&[&format!("--screenshot={}", shot.display())], &url);
+    // Both pages connected and have been sent live updates (beyond the welcome)...
+    let before = gw.stats().await["deliveries"].as_u64().unwrap();
+    wait_for("both pages streaming", Duration::from_secs(60), || async {
+        let s = gw.stats().await;
+        (s["clients"] == 2 && s["deliveries"].as_u64().unwrap() >= before + 8).then_some(())
+    })
+    .await;
+    feeder.abort();
+    // ...then the gateway shuts down gracefully: the streams end, the pages go idle, Chromium reports.
+    let status = std::process::Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    let dom = finish(dom_browser.0, dom_browser.1).await;
+    finish(shot_browser.0, shot_browser.1).await;
+
+    // The text of the `<td class="price…" data-symbol="SYM">` cell (the row has the attribute too).
+    let cell = |sym: &str| {
+        let marker = format!(r#"data-symbol="{sym}">"#);
+        dom.match_indices(&marker).find_map(|(i, _)| {
+            let tag = &dom[dom[..i].rfind('<')?..i];
+            if !tag.starts_with("<td class=\"price") {
+                return None;
+            }
+            let at = i + marker.len();
+            Some(dom[at..at + dom[at..].find('<')?].to_string())
+        })
+    };
+    let btc = cell("BTC").unwrap_or_else(|| panic!("no BTC price cell in the DOM:\n{dom}"));
+    assert!(btc.starts_with("670") && btc.ends_with(".25"), "BTC price rendered: {btc:?}");
+    let eth = cell("ETH").expect("an ETH price cell");
+    assert!(eth.starts_with("30") && eth.ends_with(".5"), "ETH price rendered: {eth:?}");
+    assert!(dom.contains("<polyline"), "sparklines drawn");
+    // After the shutdown event the page shows it is reconnecting.
+    assert!(dom.contains(r#"id="state" class="connecting""#), "connection state shown");
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "screenshot written");
+}
