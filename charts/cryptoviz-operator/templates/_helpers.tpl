@@ -24,16 +24,23 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Labels on every object. */}}
-{{- define "cryptoviz-operator.labels" -}}
+{{/* Labels on every object but the component (the helm test Pod is not the operator). */}}
+{{- define "cryptoviz-operator.baseLabels" -}}
 helm.sh/chart: {{ include "cryptoviz-operator.chart" . }}
-{{ include "cryptoviz-operator.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "cryptoviz-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ include "cryptoviz-operator.tag" . | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: cryptoviz
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* Labels on every object of the operator. */}}
+{{- define "cryptoviz-operator.labels" -}}
+{{ include "cryptoviz-operator.baseLabels" . }}
+app.kubernetes.io/component: operator
 {{- end -}}
 
 {{/* Selector labels: stable across upgrades (a Deployment's selector is immutable). */}}
