@@ -114,6 +114,66 @@ fn helm_lint_strict_passes_for_defaults_and_every_example() {
     }
 }
 
+/// The dotted paths of values.yaml that carry a `# --` comment. Panics on a key that has neither such a
+/// comment nor documented children (every value is documented; nested keys of a documented value are part
+/// of its default).
+fn documented_values(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack: Vec<(usize, String)> = vec![];
+    let mut documented = false;
+    let mut inside: Option<usize> = None; // indent of a documented key whose block we are in
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    for (i, line) in lines.iter().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        if inside.is_some_and(|d| indent > d) {
+            continue;
+        }
+        inside = None;
+        let t = line.trim();
+        if t.starts_with("# --") {
+            documented = true;
+            continue;
+        }
+        if t.starts_with('#') {
+            continue;
+        }
+        let Some((key, _)) = t.split_once(':') else { continue };
+        if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || t.starts_with('-') {
+            continue;
+        }
+        stack.retain(|(d, _)| *d < indent);
+        let path = stack.iter().map(|(_, k)| k.as_str()).chain([key]).collect::<Vec<_>>().join(".");
+        if documented {
+            out.push(path);
+            inside = Some(indent);
+            documented = false;
+        } else {
+            let next_indent = lines.get(i + 1).map(|l| l.len() - l.trim_start().len()).unwrap_or(0);
+            assert!(next_indent > indent, "values.yaml: `{path}` has no `# --` comment");
+            stack.push((indent, key.to_string()));
+        }
+    }
+    out
+}
+
+/// Every value is documented in values.yaml, listed in the chart README's table and known to the schema.
+#[test]
+fn every_value_is_documented() {
+    let values = read("charts/cryptoviz-operator/values.yaml");
+    let readme = read("charts/cryptoviz-operator/README.md");
+    let schema: Value = serde_json::from_str(&read("charts/cryptoviz-operator/values.schema.json")).unwrap();
+    let paths = documented_values(&values);
+    assert!(paths.len() > 40, "{paths:?}");
+    for p in &paths {
+        assert!(readme.contains(&format!("| `{p}` |")), "charts/cryptoviz-operator/README.md lacks a row for `{p}`");
+        let mut s = &schema;
+        for k in p.split('.') {
+            s = &s["properties"][k];
+        }
+        assert!(!s.is_null(), "values.schema.json does not describe `{p}`");
+    }
+}
+
 /// values.schema.json is strict: a misspelt key, a wrong enum or a bad namespace name fails rendering.
 #[test]
 fn the_values_schema_rejects_mistakes() {
