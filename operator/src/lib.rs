@@ -2,6 +2,7 @@
 //! benchmarks call them directly.
 
 pub mod controller;
+pub mod incremental_alter;
 pub mod leader;
 pub mod metrics;
 pub mod status;

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -285,7 +285,7 @@ impl Topics {
                 changes.push(("PartitionsIncreased".into(), format!("topic {} grown to {n} partitions", t.name)));
             }
             if !plan.config_changes.is_empty() {
-                self.alter(&client, t, l.expect("configs differ only on a live topic"), &plan.config_changes).await?;
+                self.alter(&client, t, &plan.config_changes).await?;
                 self.metrics.drift_corrections.inc();
                 let keys: Vec<&str> = plan.config_changes.keys().map(String::as_str).collect();
                 changes.push(("TopicConfigCorrected".into(), format!("topic {}: set {}", t.name, keys.join(", "))));
@@ -381,36 +381,23 @@ impl Topics {
         self.check_results("create_topics", r)
     }
 
-    /// AlterConfigs replaces a topic's whole dynamic config, so the request carries every key set on the
-    /// topic today (keys we do not manage keep their values) plus our corrections.
+    /// Set only the drifted managed keys (IncrementalAlterConfigs): keys other tools set stay as they are.
     async fn alter(
         &self,
-        client: &AdminClient<DefaultClientContext>,
+        client: &Arc<AdminClient<DefaultClientContext>>,
         t: &DesiredTopic,
-        live: &LiveTopic,
         changes: &BTreeMap<String, String>,
     ) -> Result<(), TopicsError> {
-        let mut merged: BTreeMap<&str, &str> = live
-            .configs
-            .iter()
-            .filter(|(_, (_, dynamic))| *dynamic)
-            .map(|(k, (v, _))| (k.as_str(), v.as_str()))
-            .collect();
-        merged.extend(t.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        merged.extend(changes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let mut ac = AlterConfig::new(ResourceSpecifier::Topic(&t.name));
-        for (k, v) in merged {
-            ac = ac.set(k, v);
-        }
-        let r = client.alter_configs(&[ac], &opts()).await;
-        self.metrics.external("kafka", "alter_configs", matches!(&r, Ok(v) if v.iter().all(Result::is_ok)));
-        for res in r.map_err(|source| TopicsError::Admin { operation: "alter_configs", source })? {
-            res.map_err(|(_, code)| TopicsError::Admin {
-                operation: "alter_configs",
-                source: KafkaError::AdminOp(code),
-            })?;
-        }
-        Ok(())
+        let c = client.clone();
+        let topic = t.name.clone();
+        let kv: Vec<(String, String)> = changes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::incremental_alter::set_topic_configs(c.inner(), &topic, &kv, OP_TIMEOUT)
+        })
+        .await
+        .expect("alter task");
+        self.metrics.external("kafka", "alter_configs", r.is_ok());
+        r.map_err(|source| TopicsError::Admin { operation: "alter_configs", source })
     }
 
     fn check_results(
