@@ -49,9 +49,11 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
 }
 
 /// Path of a workspace binary built by `cargo build` (tests/run builds them before the integration tests).
+/// `CRYPTOVIZ_PROFILE=release` picks the release build (benchmarks).
 pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
-    let p = target.join("debug").join(name);
+    let profile = std::env::var("CRYPTOVIZ_PROFILE").unwrap_or_else(|_| "debug".into());
+    let p = target.join(profile).join(name);
     assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
     p
 }
@@ -59,6 +61,8 @@ pub fn binary(name: &str) -> PathBuf {
 /// A running operator process; killed when dropped.
 pub struct Operator {
     child: Child,
+    /// The binary it runs.
+    pub binary: PathBuf,
     /// Base URL of its HTTP server.
     pub url: String,
     /// Its log file.
@@ -92,7 +96,8 @@ impl Operator {
         let port = free_port();
         let log = env.state_dir().join(format!("{}.operator.log", unique("op")));
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(binary("cryptoviz-operator"));
+        let bin = binary("cryptoviz-operator");
+        let mut cmd = Command::new(&bin);
         cmd.env("KUBECONFIG", env.kubeconfig())
             .env("RUST_LOG", "info,cryptoviz_operator=debug,kube=warn")
             .arg("--metrics-addr")
@@ -111,7 +116,7 @@ impl Operator {
         }
         cmd.args(&opts.extra_args).stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null());
         let child = cmd.spawn().expect("start cryptoviz-operator");
-        let op = Operator { child, url: format!("http://127.0.0.1:{port}"), log };
+        let op = Operator { child, binary: bin, url: format!("http://127.0.0.1:{port}"), log };
         let url = format!("{}/readyz", op.url);
         wait_for("the operator's /readyz", Duration::from_secs(30), || async { http_get(&url).await.map(|_| ()) })
             .await;
@@ -126,6 +131,11 @@ impl Operator {
     /// Sum of a metric family's samples whose labels contain every `label="value"` in `filters`.
     pub async fn metric_sum(&self, name: &str, filters: &[&str]) -> f64 {
         metric_sum(&self.metrics().await, name, filters)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Send SIGKILL and wait.
