@@ -83,6 +83,8 @@ pub struct Shared {
     pub topics: Topics,
     /// Database schema and policies.
     pub storage: Storage,
+    /// PodMonitors for the Prometheus Operator.
+    pub monitoring: crate::monitoring::Monitoring,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<ObjectRef<CryptoPipeline>, u32>>,
 }
@@ -95,6 +97,7 @@ impl Shared {
             recorder: Recorder::new(client.clone(), reporter),
             topics: Topics::new(metrics.clone()),
             storage: Storage::new(metrics.clone()),
+            monitoring: crate::monitoring::Monitoring::new(),
             client,
             metrics,
             settings,
@@ -190,14 +193,20 @@ pub async fn reconcile(p: Arc<CryptoPipeline>, ctx: Arc<Context>) -> Result<Acti
     .await
 }
 
+fn pipeline_labels(p: &CryptoPipeline) -> crate::metrics::PipelineLabels {
+    crate::metrics::PipelineLabels { namespace: p.namespace().unwrap_or_default(), pipeline: p.name_any() }
+}
+
 async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Error> {
     let s = &ctx.shared;
     if p.metadata.deletion_timestamp.is_some() {
+        s.metrics.pipeline_ready.remove(&pipeline_labels(p));
         return finalize(p, ctx).await;
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     if p.is_paused() {
         // No writes but the condition that says we are paused.
+        s.metrics.pipeline_ready.get_or_create(&pipeline_labels(p)).set(0);
         patch_status_if_changed(p, ctx, status::paused(p, &now)).await?;
         return Ok(Action::await_change());
     }
@@ -230,7 +239,8 @@ async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Er
     }
     let storage = s.storage.reconcile(p, &s.client).await;
 
-    let mut checks = vec![topics.check.clone(), storage.check.clone()];
+    let monitoring = s.monitoring.reconcile(p, &s.client, &s.metrics).await;
+    let mut checks = vec![topics.check.clone(), storage.check.clone(), monitoring];
     for c in Component::ALL {
         let live = ctx
             .deployments
@@ -239,6 +249,8 @@ async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Er
     }
     let external_ok = topics.check.is_true() && storage.check.is_true();
     let new = status::compute(p, Observed { checks, topics: topics.status, previous: p.status.as_ref() }, &now);
+    let ready = status::condition(&new, "Ready").is_some_and(|c| c.status == "True");
+    s.metrics.pipeline_ready.get_or_create(&pipeline_labels(p)).set(i64::from(ready));
     announce_transitions(p, ctx, &new).await;
     patch_status_if_changed(p, ctx, new).await?;
 

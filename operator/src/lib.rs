@@ -5,6 +5,7 @@ pub mod controller;
 pub mod incremental_alter;
 pub mod leader;
 pub mod metrics;
+pub mod monitoring;
 pub mod status;
 pub mod storage;
 pub mod topics;

@@ -44,6 +44,15 @@ pub struct ExternalLabels {
     pub outcome: &'static str,
 }
 
+/// Label set: one pipeline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    /// Namespace of the CryptoPipeline.
+    pub namespace: String,
+    /// Name of the CryptoPipeline.
+    pub pipeline: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     /// Reconciliations by result.
@@ -64,6 +73,8 @@ pub struct Metrics {
     pub refused_changes: Counter,
     /// Leader of its lease (1) or standby (0).
     pub leader: Gauge,
+    /// 1 when a pipeline's Ready condition is True, 0 otherwise (one series per pipeline, removed on deletion).
+    pub pipeline_ready: Family<PipelineLabels, Gauge>,
 }
 
 impl Metrics {
@@ -79,6 +90,7 @@ impl Metrics {
             drift_corrections: Counter::default(),
             refused_changes: Counter::default(),
             leader: Gauge::default(),
+            pipeline_ready: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cryptoviz_operator");
         r.register("reconciliations", "Reconciliations of CryptoPipelines by result", m.reconciliations.clone());
@@ -102,6 +114,7 @@ impl Metrics {
             m.refused_changes.clone(),
         );
         r.register("leader", "1 when this replica holds the leader lease", m.leader.clone());
+        r.register("pipeline_ready", "1 when the pipeline's Ready condition is True", m.pipeline_ready.clone());
         Arc::new(m)
     }
 

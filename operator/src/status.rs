@@ -159,9 +159,18 @@ pub fn paused(p: &CryptoPipeline, now: &Time) -> CryptoPipelineStatus {
     }
 }
 
+/// The condition types this operator writes (a paused pipeline carries its previous ones over).
 fn leak_type(t: &str) -> &'static str {
-    const KNOWN: [&str; 7] =
-        ["TopicsReady", "StorageReady", "ScraperReady", "ConsumerReady", "GatewayReady", "Paused", "Ready"];
+    const KNOWN: [&str; 8] = [
+        "TopicsReady",
+        "StorageReady",
+        "MonitoringReady",
+        "ScraperReady",
+        "ConsumerReady",
+        "GatewayReady",
+        "Paused",
+        "Ready",
+    ];
     KNOWN.into_iter().find(|k| *k == t).unwrap_or("Unknown")
 }
 
