@@ -136,6 +136,41 @@ pub fn validate(p: &CryptoPipeline) -> Vec<FieldError> {
     v.0
 }
 
+/// Why a manifest is not a valid CryptoPipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not YAML, or a value of the wrong type (serde's message names the field).
+    #[error("{0}")]
+    Unreadable(String),
+    /// Fields the apiserver would refuse, each with its path.
+    #[error("{}", list(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn list(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Parse a CryptoPipeline manifest as `kubectl apply --validate=strict` would check it: `apiVersion` and
+/// `kind`, unknown fields, then the CRD's rules ([`validate`]).
+pub fn parse_manifest(text: &str) -> Result<CryptoPipeline, ManifestError> {
+    let raw: serde_json::Value =
+        serde_saphyr::from_str(text).map_err(|e| ManifestError::Unreadable(format!("not YAML: {e}")))?;
+    let errors = header(&raw);
+    if !errors.is_empty() {
+        return Err(ManifestError::Invalid(errors));
+    }
+    let p: CryptoPipeline =
+        serde_json::from_value(raw.clone()).map_err(|e| ManifestError::Unreadable(e.to_string()))?;
+    let typed = serde_json::to_value(&p).expect("a pipeline serialises");
+    let mut errors: Vec<FieldError> = unknown_fields(&raw, &typed)
+        .into_iter()
+        .map(|path| FieldError { path, message: "unknown field".into() })
+        .collect();
+    errors.extend(validate(&p));
+    if errors.is_empty() { Ok(p) } else { Err(ManifestError::Invalid(errors)) }
+}
+
 /// `apiVersion` and `kind` of a manifest as written (checked before it is parsed as a CryptoPipeline, so
 /// a Deployment given by mistake is named as such rather than reported as missing fields).
 pub fn header(raw: &serde_json::Value) -> Vec<FieldError> {
@@ -421,6 +456,24 @@ mod tests {
         ));
         bad.metadata.name = Some("Bad_Name".into());
         assert_eq!(validate(&bad)[0].path, "metadata.name");
+    }
+
+    #[test]
+    fn manifests_are_parsed_and_checked() {
+        let ok = format!(
+            "{HEAD}spec: {{symbols: [BTC], sources: [{{kind: synthetic}}], kafka: {{bootstrapServers: k:1}}}}\n"
+        );
+        assert_eq!(parse_manifest(&ok).unwrap().spec.symbols, ["BTC"]);
+        let bad = ok.replace("{kind: synthetic}", "{kind: synthetic, pollInterval: soon, colour: red}");
+        let e = parse_manifest(&bad).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "  spec.sources[0].colour: unknown field\n  spec.sources[0].pollInterval: invalid duration \"soon\": \
+             expected e.g. 500ms, 30s, 5m, 1h30m, 90d, 2w"
+        );
+        assert!(matches!(parse_manifest("a: [").unwrap_err(), ManifestError::Unreadable(_)));
+        let e = parse_manifest(&ok.replace("kind: synthetic", "kind: bitstamp")).unwrap_err().to_string();
+        assert!(e.contains("bitstamp"), "{e}");
     }
 
     #[test]

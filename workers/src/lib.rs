@@ -9,4 +9,5 @@ pub mod message;
 pub mod scraper;
 pub mod server;
 pub mod sources;
+pub mod standalone;
 pub mod telemetry;

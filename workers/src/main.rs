@@ -45,6 +45,8 @@ enum Mode {
     Scraper(Common),
     /// Kafka raw topic → TimescaleDB / PostgreSQL, effectively once.
     Consumer(Common),
+    /// Scraper and gateway (and consumer with --timescale) in one process: no cluster, broker or database.
+    Standalone(cryptoviz_workers::standalone::Options),
 }
 
 /// Read the worker configuration the operator rendered (mounted from the pipeline's ConfigMap).
@@ -72,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
         Mode::Consumer(c) => {
             cryptoviz_workers::telemetry::init();
             cryptoviz_workers::consumer::run(load_config(&c.config)?, c.listen).await
+        }
+        Mode::Standalone(o) => {
+            cryptoviz_workers::telemetry::init();
+            cryptoviz_workers::standalone::run(o).await
         }
     }
 }
