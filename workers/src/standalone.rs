@@ -291,8 +291,7 @@ async fn check_schema(url: &str, schema: &str) -> anyhow::Result<()> {
     if ticks.is_none() || trades.is_none() {
         anyhow::bail!(
             "the database has no {schema}.ticks / {schema}.trades tables: standalone mode does not create the \
-             schema; the operator's storage reconciliation does (apply the pipeline to a cluster once, or create \
-             them by hand as in docs/)"
+             schema, the operator's storage reconciliation does (apply the pipeline with the operator once)"
         );
     }
     Ok(())
@@ -339,6 +338,10 @@ async fn consume(
                 backoff = (backoff * 2).min(DB_BACKOFF.1);
             }
         }
+    }
+    // The sources stopped before `stop`: what is on the bus now is everything, so take it all in.
+    while let Some(Ok(rec)) = futures::FutureExt::now_or_never(sub.recv()) {
+        batch.push(entry(&rec));
     }
     if store(&sink, &metrics, &batch).await.is_err() {
         tracing::warn!(records = batch.len(), "final flush failed: those records are not stored");

@@ -16,6 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
 use serde_json::Value;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -374,5 +375,66 @@ async fn with_kafka_messages_reach_the_real_topics() {
     assert!(["BTC", "ETH"].contains(&ev["data"]["symbol"].as_str().unwrap()), "{ev}");
     let exit = sa.stop("TERM").await;
     assert!(exit.success(), "{exit}\n{}", sa.stderr());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// With `--timescale`, the raw feed is stored by the consumer's writer into the schema the operator's storage
+/// reconciliation created (here on PostgreSQL 15), and the last batch is flushed on shutdown.
+#[tokio::test]
+async fn with_timescale_the_raw_feed_is_stored() {
+    let url = TestEnv::get().postgres_url().to_string();
+    let name = unique("standalone-db");
+    let schema = format!("cv_{}", name.replace('-', "_"));
+    let dir = std::env::temp_dir().join(&name);
+    let file = write_manifest(
+        &dir,
+        "p.yaml",
+        &format!(
+            "apiVersion: cryptoviz.io/v1alpha1\nkind: CryptoPipeline\nmetadata: {{name: {name}}}\n\
+             spec: {{symbols: [BTC], sources: [{{kind: synthetic, rate: 20}}], kafka: {{bootstrapServers: 'k:9092'}}, \
+             timescale: {{connectionSecretRef: {{name: db, key: url}}}}, consumer: {{flushInterval: 200ms}}}}\n"
+        ),
+    );
+    let p = cryptoviz_crds::validate::parse_manifest(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(p.schema_name(), schema);
+
+    // Without the schema: refused before anything starts, saying who creates it.
+    let out = Command::new(binary("cryptoviz-worker"))
+        .args(["standalone", "--listen", "127.0.0.1:0", "-f", file.to_str().unwrap(), "--timescale", &url])
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("operator's storage reconciliation"), "{stderr}");
+
+    let storage = cryptoviz_operator::storage::Storage::new(cryptoviz_operator::metrics::Metrics::new(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    storage.reconcile_with(&p, &mut db).await.unwrap();
+
+    let mut sa = Standalone::start(&["-f", file.to_str().unwrap(), "--timescale", &url]);
+    sa.health().await;
+    assert!(sa.stdout().contains(&format!("consumer into schema {schema}")), "{}", sa.stdout());
+    let count = async |db: &mut PgConnection, table: &str| -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM \"{schema}\".{table}")))
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&mut db, "ticks").await < 10 || count(&mut db, "trades").await < 10 {
+        assert!(Instant::now() < deadline, "10 ticks and 10 trades stored within 20 s:\n{}", sa.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = sa.stop("TERM").await;
+    assert!(exit.success(), "{exit}\n{}", sa.stderr());
+    // The last batch is flushed on the way out: nothing stored is lost, and more may have arrived.
+    let rows = count(&mut db, "ticks").await + count(&mut db, "trades").await;
+    assert!(rows >= 20, "{rows} rows");
+    storage.cleanup_with(&p, &mut db).await.unwrap();
+    db.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
