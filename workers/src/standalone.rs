@@ -539,7 +539,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 tick.tick().await;
                 // Metadata requests block: off the runtime's threads, every 5 s or while disconnected.
                 if let Some(k) = &kafka
-                    && (n % 20 == 0 || !k.connected())
+                    && (n.is_multiple_of(20) || !k.connected())
                 {
                     let k = k.clone();
                     let _ = tokio::task::spawn_blocking(move || k.probe(Duration::from_secs(2))).await;
