@@ -13,6 +13,7 @@ use cryptoviz_crds::config::WorkerConfig;
 use cryptoviz_tests::operator::{
     Operator, OperatorOptions, binary, create, free_port, http_get, install_crd, metric_sum, namespace, pipeline,
 };
+use cryptoviz_tests::standins::ws::{Step, WsStandIn};
 use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
 use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota, Secret};
 use kube::Api;
@@ -120,8 +121,12 @@ async fn every_dashboard_query_and_alert_rule_works_against_the_real_processes()
     opts.namespaces.push(refused_ns.clone());
     opts.resync = "20s".into();
     let operator = Operator::start(opts).await;
+    // Two sources: the synthetic market, and Kraken's WebSocket protocol from a stand-in sending heartbeats (the
+    // synthetic source has no payloads, so it sets neither payloads_received nor last_message_timestamp_seconds).
+    let heartbeat = Step::Every(Duration::from_millis(500), r#"{"channel":"heartbeat"}"#.into());
+    let kraken = WsStandIn::start(vec![vec![heartbeat]]).await;
     let spec = json!({
-        "sources": [{"kind": "synthetic", "rate": 50, "seed": 8}],
+        "sources": [{"kind": "synthetic", "rate": 50, "seed": 8}, {"kind": "kraken", "baseUrl": kraken.url()}],
         "timescale": {"connectionSecretRef": {"name": "db", "key": "url"}},
         "consumer": {"batchSize": 200, "flushInterval": "200ms"},
         "gateway": {"maxClients": 2},
@@ -146,6 +151,7 @@ async fn every_dashboard_query_and_alert_rule_works_against_the_real_processes()
     std::fs::write(&config, cfg.to_yaml()).unwrap();
     let mut broken = cfg.clone();
     broken.kafka.bootstrap_servers = "127.0.0.1:1".into();
+    broken.sources.truncate(1);
     broken.sources[0].rate = Some(5000);
     let broken_config = dir.join("broken.yaml");
     std::fs::write(&broken_config, broken.to_yaml()).unwrap();
