@@ -122,10 +122,12 @@ the per-namespace Roles. Only what operator/src uses: no wildcards, no list of S
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
-{{- if .Values.rbac.serviceMonitors }}
-# ServiceMonitors per pipeline (spec.monitoring.serviceMonitor).
+{{- if .Values.rbac.podMonitors }}
+# A PodMonitor per pipeline (spec.monitoring.serviceMonitor), read by name, server-side applied, deleted when
+# disabled; never listed or watched. Finding out whether the CRDs exist is API discovery
+# (GET /apis/monitoring.coreos.com/v1), which every authenticated user may do (system:discovery).
 - apiGroups: [monitoring.coreos.com]
-  resources: [servicemonitors]
-  verbs: [get, list, watch, create, patch, delete]
+  resources: [podmonitors]
+  verbs: [get, create, patch, delete]
 {{- end }}
 {{- end -}}

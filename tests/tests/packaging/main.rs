@@ -13,7 +13,9 @@ use std::time::Duration;
 use cryptoviz_crds::CryptoPipeline;
 use cryptoviz_tests::operator::{create, install_crd, namespace, pipeline};
 use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -180,7 +182,7 @@ fn the_values_schema_rejects_mistakes() {
     for bad in [
         "imagePullPolicy=Always",          // top-level typo of image.pullPolicy
         "image.pullPolicy=Sometimes",      // not an enum value
-        "rbac.serviceMonitor=true",        // singular: not a key
+        "rbac.podMonitor=true",            // singular: not a key
         "watchNamespaces[0]=Team_A",       // not a namespace name
         "resyncInterval=five minutes",     // not a duration
         "logFormat=xml",                   // json or text
@@ -267,7 +269,8 @@ fn rbac_is_least_privilege() {
     let objs = render(&[]);
     no_wildcards(&objs);
     let roles = of_kind(&objs, "ClusterRole");
-    let main = roles.iter().find(|r| !r["metadata"]["name"].as_str().unwrap().ends_with("-crd-discovery")).unwrap();
+    assert_eq!(roles.len(), 1, "one ClusterRole: {:?}", roles.iter().map(|r| id(r)).collect::<Vec<_>>());
+    let main = roles[0];
     let rules = rules_of(main).as_array().unwrap();
     let find = |group: &str, resource: &str| -> BTreeSet<String> {
         rules
@@ -284,18 +287,17 @@ fn rbac_is_least_privilege() {
     assert_eq!(find("cryptoviz.io", "cryptopipelines/finalizers"), set(&["update"]));
     assert_eq!(find("events.k8s.io", "events"), set(&["create", "patch"]));
     assert!(find("", "pods").is_empty() && find("", "namespaces").is_empty());
-    let discovery = roles.iter().find(|r| r["metadata"]["name"].as_str().unwrap().ends_with("-crd-discovery")).unwrap();
-    assert_eq!(discovery["rules"][0]["resourceNames"], json!(["servicemonitors.monitoring.coreos.com"]));
+    assert_eq!(find("monitoring.coreos.com", "podmonitors"), set(&["get", "create", "patch", "delete"]));
+    assert!(find("apiextensions.k8s.io", "customresourcedefinitions").is_empty(), "discovery needs no CRD access");
 
     // The kustomize base grants exactly the same.
     let base = docs(&read("manifests/base/rbac.yaml"));
     let base_main = base.iter().find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "cryptoviz-operator");
     assert_eq!(rules_of(base_main.unwrap()), rules_of(main), "manifests/base/rbac.yaml and the chart disagree");
-    let base_disc = base.iter().find(|o| o["metadata"]["name"] == "cryptoviz-operator-crd-discovery").unwrap();
-    assert_eq!(rules_of(base_disc), rules_of(discovery));
+    assert_eq!(base.iter().filter(|o| o["kind"] == "ClusterRole").count(), 1);
 
-    // Without ServiceMonitors, nothing of monitoring.coreos.com or apiextensions.
-    let objs = render(&["--set".into(), "rbac.serviceMonitors=false".into()]);
+    // Without PodMonitors, nothing of monitoring.coreos.com.
+    let objs = render(&["--set".into(), "rbac.podMonitors=false".into()]);
     assert_eq!(of_kind(&objs, "ClusterRole").len(), 1);
     let rbac: Vec<&Value> = objs.iter().filter(|o| o["apiVersion"] == "rbac.authorization.k8s.io/v1").collect();
     assert!(!serde_json::to_string(&rbac).unwrap().contains("monitoring.coreos.com"));
@@ -570,6 +572,21 @@ async fn delete_namespaces(client: &Client, names: &[&str]) {
     }
 }
 
+/// Whether the user may GET a non-resource path (API discovery).
+async fn can_get_path(client: &Client, user: &str, path: &str) -> bool {
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec!["system:serviceaccounts".into(), "system:authenticated".into()]),
+            non_resource_attributes: Some(NonResourceAttributes { path: Some(path.into()), verb: Some("get".into()) }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    api.create(&PostParams::default(), &sar).await.expect("SubjectAccessReview").status.expect("status").allowed
+}
+
 struct Install {
     release: String,
     release_ns: String,
@@ -689,10 +706,16 @@ async fn helm_install_cluster_wide_rbac_suffices_for_the_operator() {
         ("create", "", "pods", false),
         ("update", "cryptoviz.io", "cryptopipelines/status", false),
         ("create", "coordination.k8s.io", "leases", false),
+        ("create", "monitoring.coreos.com", "podmonitors", true),
+        ("list", "monitoring.coreos.com", "podmonitors", false),
+        ("create", "monitoring.coreos.com", "servicemonitors", false),
+        ("get", "apiextensions.k8s.io", "customresourcedefinitions", false),
     ] {
         let ns_arg = if verb == "list" || verb == "watch" { None } else { Some(ns.as_str()) };
         assert_eq!(can(&client, &user, verb, group, res, ns_arg).await, allowed, "{verb} {group}/{res}");
     }
+    // The operator finds the Prometheus Operator's CRDs through discovery, which needs no rule of ours.
+    assert!(can_get_path(&client, &user, "/apis/monitoring.coreos.com/v1").await);
     let kubeconfig = service_account_kubeconfig(&client, &release_ns, &inst.service_account()).await;
     let op = OperatorProcess::start(&kubeconfig, &[], &[]).await;
     prove_pipeline_lifecycle(&client, &ns, &op, json!({})).await;
