@@ -43,23 +43,36 @@ start_daemon() {
   mkdir -p "$CRYPTOVIZ_STATE/pids" "$(dirname "$logf")"
   setsid "$@" >>"$logf" 2>&1 < /dev/null &
   echo $! > "$CRYPTOVIZ_STATE/pids/$name"
+  # The command line, so a reused pid (after a reboot or a killed session) is not mistaken for ours. Wrappers
+  # (setsid, setpriv) exec the real program, so the running process's argv[0] is one of these words.
+  printf '%s\n' "$@" > "$CRYPTOVIZ_STATE/pids/$name.exe"
 }
 
-# pid_alive NAME: the recorded process is running.
+# pid_alive NAME: the recorded process is running, and is the program we started (pids get reused; a
+# thread id of another process also answers kill -0).
 pid_alive() {
-  local f="$CRYPTOVIZ_STATE/pids/$1"
-  [[ -s "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+  local f="$CRYPTOVIZ_STATE/pids/$1" pid exe
+  [[ -s "$f" ]] || return 1
+  pid="$(cat "$f")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(awk '/^Tgid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" == "$pid" ]] || return 1
+  if [[ -s "$f.exe" ]]; then
+    exe="$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n1)"
+    [[ -n "$exe" ]] && grep -qxF -- "$exe" "$f.exe" || return 1
+  fi
 }
 
 # stop_daemon NAME [SIGNAL]: stop the process group, wait up to 30 s, then SIGKILL.
 stop_daemon() {
   local name="$1" sig="${2:-TERM}" f="$CRYPTOVIZ_STATE/pids/$1" pid i
   [[ -s "$f" ]] || return 0
+  # Never signal a process that merely inherited a recorded pid.
+  pid_alive "$name" || { rm -f "$f" "$f.exe"; return 0; }
   pid="$(cat "$f")"
   kill -"$sig" -- "-$pid" 2>/dev/null || kill -"$sig" "$pid" 2>/dev/null || true
   for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$f"
+  rm -f "$f" "$f.exe"
 }
 
 # publish COMPONENT KEY=VALUE...: write the component's endpoints, rebuild $CRYPTOVIZ_STATE/env.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub mod operator;
+pub mod podspec;
 pub mod standins;
 use std::time::{Duration, Instant};
 
