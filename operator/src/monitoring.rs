@@ -51,8 +51,15 @@ pub fn pod_monitor(p: &CryptoPipeline) -> DynamicObject {
         },
         "spec": {
             "selector": {"matchLabels": workloads::selector_labels(p, None)},
-            "podTargetLabels": [cryptoviz_crds::PIPELINE_LABEL, "app.kubernetes.io/component"],
-            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+            // `pipeline` and `component` target labels, as the shipped dashboards and alerts expect
+            // (podTargetLabels would name them cryptoviz_io_pipeline and app_kubernetes_io_component).
+            "podMetricsEndpoints": [{
+                "port": "http", "path": "/metrics", "interval": "30s",
+                "relabelings": [
+                    {"sourceLabels": ["__meta_kubernetes_pod_label_cryptoviz_io_pipeline"], "targetLabel": "pipeline"},
+                    {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"], "targetLabel": "component"},
+                ],
+            }],
         },
     }))
     .expect("valid PodMonitor")

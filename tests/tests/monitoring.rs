@@ -76,7 +76,9 @@ async fn pod_monitors_follow_the_prometheus_operator_crds() {
     })
     .await;
     assert_eq!(pm.metadata.labels.as_ref().unwrap()["release"], "kube-prometheus");
-    assert_eq!(pm.data["spec"]["podMetricsEndpoints"][0]["port"], "http");
+    let endpoint = &pm.data["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "http");
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "pipeline", "dashboards select on a `pipeline` label");
     assert_eq!(pm.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"], "watched");
     let api: Api<CryptoPipeline> = Api::namespaced(client.clone(), &ns);
     wait_for("MonitoringReady=True PodMonitorCreated and Ready", Duration::from_secs(60), || async {

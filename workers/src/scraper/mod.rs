@@ -155,9 +155,14 @@ impl Sink {
         }
     }
 
-    /// Count messages obtained without a payload (the synthetic source).
+    /// Count messages obtained (for the synthetic source, which has no payloads, this is also what keeps
+    /// its last-message age fresh: the NoData alert and the age panel read it).
     pub fn received(&self, n: u64) {
-        self.0.metrics.received.get_or_create(&self.source()).inc_by(n);
+        let m = &self.0.metrics;
+        m.received.get_or_create(&self.source()).inc_by(n);
+        if n > 0 {
+            m.last_message.get_or_create(&self.source()).set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
     }
 
     /// Dedup, suppress, detect alerts and publish.
