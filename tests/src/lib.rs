@@ -9,6 +9,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod browser;
 pub mod operator;
 pub mod podspec;
 pub mod standins;

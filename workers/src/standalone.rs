@@ -409,16 +409,6 @@ fn bus_records(sub: Subscription) -> impl futures::Stream<Item = Record> {
     })
 }
 
-/// SIGTERM or Ctrl-C.
-async fn terminated() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-}
-
 /// What the user reads first: where to look, and what runs.
 fn banner(p: &CryptoPipeline, cfg: &WorkerConfig, opts: &Options, addr: SocketAddr) -> String {
     let sources: Vec<String> = cfg
@@ -560,7 +550,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    let served = gateway::serve(listener, app, hub, terminated()).await;
+    let served = gateway::serve(listener, app, hub, crate::server::shutdown_signal()).await;
     tracing::info!("stopping: sources, producer flush, consumer");
     monitor.abort();
     scraper.stop();

@@ -1,67 +1,11 @@
 //! The live page in a real browser: headless Chromium loads `/`, and prices arriving over SSE are rendered.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use cryptoviz_tests::{repo_root, unique, wait_for};
-use tokio::process::Command;
+use cryptoviz_tests::browser::Browser;
+use cryptoviz_tests::{repo_root, wait_for};
 
 use crate::harness::{Gateway, Opts, Topic, tick};
-
-/// Install Debian's `chromium` when missing (tests/env/toolchain does it too).
-fn chromium() -> PathBuf {
-    let found = |p: &str| std::path::Path::new(p).exists().then(|| PathBuf::from(p));
-    if let Some(p) = found("/usr/bin/chromium") {
-        return p;
-    }
-    let status = std::process::Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "chromium"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .expect("run apt-get");
-    assert!(status.success(), "apt-get install chromium failed");
-    found("/usr/bin/chromium").expect("chromium installed")
-}
-
-/// Start headless Chromium on `url`; it prints its result once the page's network goes idle (the
-/// virtual-time budget only runs down while nothing is pending, and a live EventSource always is).
-fn spawn_chromium(args: &[&str], url: &str) -> (tokio::process::Child, PathBuf) {
-    let profile = std::env::temp_dir().join(unique("chromium-profile"));
-    let child = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1200,800",
-            "--virtual-time-budget=2000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run chromium");
-    (child, profile)
-}
-
-async fn finish(child: tokio::process::Child, profile: PathBuf) -> String {
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("chromium finishes within 60 s of the stream ending")
-        .expect("chromium output");
-    let _ = std::fs::remove_dir_all(profile);
-    assert!(out.status.success(), "chromium failed: {:?}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The page opens an EventSource and fills the table: each symbol's price cell shows the latest price,
 /// with a sparkline; a screenshot is kept in tests/artifacts/gateway.png.
@@ -93,8 +37,8 @@ async fn live_page_shows_prices_arriving_in_headless_chromium() {
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("gateway.png");
     let _ = std::fs::remove_file(&shot);
-    let dom_browser = spawn_chromium(&["--dump-dom"], &url);
-    let shot_browser = spawn_chromium(&[&format!("--screenshot={}", shot.display())], &url);
+    let dom_browser = Browser::open(&["--dump-dom"], &url);
+    let shot_browser = Browser::open(&[&format!("--screenshot={}", shot.display())], &url);
     // Both pages connected and have been sent live updates (beyond the welcome)...
     let before = gw.stats().await["deliveries"].as_u64().unwrap();
     wait_for("both pages streaming", Duration::from_secs(60), || async {
@@ -106,8 +50,8 @@ async fn live_page_shows_prices_arriving_in_headless_chromium() {
     // ...then the gateway shuts down gracefully: the streams end, the pages go idle, Chromium reports.
     let status = std::process::Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status().unwrap();
     assert!(status.success());
-    let dom = finish(dom_browser.0, dom_browser.1).await;
-    finish(shot_browser.0, shot_browser.1).await;
+    let dom = dom_browser.finish().await;
+    shot_browser.finish().await;
 
     // The text of the `<td class="price…" data-symbol="SYM">` cell (the row has the attribute too).
     let cell = |sym: &str| {

@@ -1,14 +1,12 @@
 //! Standalone mode through the real binary: `cryptoviz-worker standalone`, the newcomer's first command.
 
-mod browser;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use browser::Browser;
+use cryptoviz_tests::browser::Browser;
 use cryptoviz_tests::operator::{binary, free_port, http_get};
 use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
 use cryptoviz_workers::message::Message;

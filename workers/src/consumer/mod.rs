@@ -82,7 +82,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            wait_for_signal().await;
+            crate::server::shutdown_signal().await;
             tracing::info!("stopping: flushing the pending batch");
             stop.store(true, Ordering::Relaxed);
         }
@@ -123,14 +123,6 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let _ = stopped_tx.send(true);
     let _ = server.await;
     result
-}
-
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
 }
 
 fn consumer_config(cfg: &WorkerConfig) -> ClientConfig {

@@ -172,22 +172,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C.
-async fn terminated() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 /// Gateway mode: tail the stream topic from Kafka and serve SSE on `listen` until SIGTERM.
 pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let auth = Auth::from_env(cfg.gateway.jwt_key_env.as_deref())?;
@@ -211,7 +195,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(hub.clone().housekeeping());
-    let served = serve(listener, app, hub, terminated()).await;
+    let served = serve(listener, app, hub, crate::server::shutdown_signal()).await;
     tail.abort();
     served
 }

@@ -306,22 +306,6 @@ impl Scraper {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 /// Run the scraper mode: sources into Kafka, `/health`, `/ready` and `/metrics` on `listen`.
 pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     // One crypto provider for reqwest and tungstenite (ring: no cmake needed). Already installed is fine.
@@ -356,7 +340,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
         })
     };
 
-    let served = server::serve(listen, server::router(registry, health), shutdown_signal()).await;
+    let served = server::serve(listen, server::router(registry, health), server::shutdown_signal()).await;
     tracing::info!("shutting down");
     monitor.abort();
     scraper.stop();

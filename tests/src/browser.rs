@@ -1,11 +1,10 @@
-//! Headless Chromium, as the gateway's page test drives it (copied: test binaries share no modules; it
-//! belongs in the support crate once both tests settle).
+//! Headless Chromium (Debian's package) driving our live pages: the gateway's and standalone mode's tests.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cryptoviz_tests::unique;
+use crate::unique;
 use tokio::process::Command;
 
 /// Debian's `chromium` (installed by tests/env/toolchain; installed here when missing).
