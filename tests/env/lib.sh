@@ -43,23 +43,20 @@ start_daemon() {
   mkdir -p "$CRYPTOVIZ_STATE/pids" "$(dirname "$logf")"
   setsid "$@" >>"$logf" 2>&1 < /dev/null &
   echo $! > "$CRYPTOVIZ_STATE/pids/$name"
-  # The command line, so a reused pid (after a reboot or a killed session) is not mistaken for ours. Wrappers
-  # (setsid, setpriv) exec the real program, so the running process's argv[0] is one of these words.
-  printf '%s\n' "$@" > "$CRYPTOVIZ_STATE/pids/$name.exe"
+  # Its start time, so a reused pid (after a reboot or a killed session) is never mistaken for ours.
+  proc_start "$!" > "$CRYPTOVIZ_STATE/pids/$name.start"
 }
 
-# pid_alive NAME: the recorded process is running, and is the program we started (pids get reused; a
-# thread id of another process also answers kill -0).
+# proc_start PID: the process's start time in clock ticks since boot (unchanged by exec).
+proc_start() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+
+# pid_alive NAME: the recorded process is running, and is the process we started (same start time).
 pid_alive() {
-  local f="$CRYPTOVIZ_STATE/pids/$1" pid exe
+  local f="$CRYPTOVIZ_STATE/pids/$1" pid
   [[ -s "$f" ]] || return 1
   pid="$(cat "$f")"
   kill -0 "$pid" 2>/dev/null || return 1
-  [[ "$(awk '/^Tgid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" == "$pid" ]] || return 1
-  if [[ -s "$f.exe" ]]; then
-    exe="$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n1)"
-    [[ -n "$exe" ]] && grep -qxF -- "$exe" "$f.exe" || return 1
-  fi
+  [[ ! -s "$f.start" || "$(proc_start "$pid")" == "$(cat "$f.start")" ]]
 }
 
 # stop_daemon NAME [SIGNAL]: stop the process group, wait up to 30 s, then SIGKILL.
@@ -67,12 +64,12 @@ stop_daemon() {
   local name="$1" sig="${2:-TERM}" f="$CRYPTOVIZ_STATE/pids/$1" pid i
   [[ -s "$f" ]] || return 0
   # Never signal a process that merely inherited a recorded pid.
-  pid_alive "$name" || { rm -f "$f" "$f.exe"; return 0; }
+  pid_alive "$name" || { rm -f "$f" "$f.start"; return 0; }
   pid="$(cat "$f")"
   kill -"$sig" -- "-$pid" 2>/dev/null || kill -"$sig" "$pid" 2>/dev/null || true
   for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$f" "$f.exe"
+  rm -f "$f" "$f.start"
 }
 
 # publish COMPONENT KEY=VALUE...: write the component's endpoints, rebuild $CRYPTOVIZ_STATE/env.
