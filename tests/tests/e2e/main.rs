@@ -54,23 +54,31 @@ async fn start_workers(client: &Client, ns: &str, name: &str) -> (Vec<PodProcess
     let dir = TestEnv::get().state_dir().join("e2e-pods");
     std::fs::create_dir_all(&dir).unwrap();
     let gateway = run_deployment(client, ns, &format!("{name}-gateway"), &dir).await;
-    let ready = format!("{}/ready", gateway.url);
-    wait_for("the gateway to be ready", T, || async { http_get(&ready).await.map(|_| ()) }).await;
+    wait_answers(&gateway, "/ready").await;
     let sse = tokio::spawn(sse_sees_update_and_alert(gateway.url.clone()));
     let mut pods = vec![gateway];
     for c in ["consumer", "scraper"] {
         pods.push(run_deployment(client, ns, &format!("{name}-{c}"), &dir).await);
     }
     for p in &pods {
-        let url = format!("{}/health", p.url);
-        wait_for(&format!("{url} to answer"), T, || async {
-            // A worker that exits at start (a broken contract) fails the test at once, with its log.
-            assert!(p.running(), "a worker exited at start:\n{}", p.log_text());
-            http_get(&url).await.map(|_| ())
-        })
-        .await;
+        wait_answers(p, "/health").await;
     }
     (pods, sse)
+}
+
+/// Wait until a worker answers `path`; a worker that exits (a broken contract) or never answers fails the
+/// test with its log.
+async fn wait_answers(p: &PodProcess, path: &str) {
+    let url = format!("{}{path}", p.url);
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        assert!(p.running(), "a worker exited:\n{}", p.log_text());
+        if http_get(&url).await.is_some() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} never answered; the worker's log:\n{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Consume a topic from the beginning until `done` says every expectation is met.
