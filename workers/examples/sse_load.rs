@@ -1,0 +1,225 @@
+//! SSE gateway load generator: N concurrent clients on loopback, ticks produced through Kafka at a set rate.
+//!
+//! ```text
+//! cargo run --release -p cryptoviz-workers --example sse_load -- \
+//!     --gateway 127.0.0.1:8080 --gateway-pid <pid> --bootstrap 127.0.0.1:9092 --topic <stream topic> \
+//!     --clients 1000 --rate 200 --seconds 20
+//! ```
+//!
+//! Reports deliveries/s, end-to-end latency (the tick's `timestamp`, set at produce time, to receipt by a
+//! sample of clients), and the gateway's CPU and RSS (from /proc) idle and under load. Run it with
+//! `tests/bench/sse-load`, which builds, starts the gateway and raises the file-descriptor limit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Args {
+    gateway: String,
+    pid: u32,
+    bootstrap: String,
+    topic: String,
+    clients: usize,
+    rate: u64,
+    seconds: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        gateway: "127.0.0.1:8080".into(),
+        pid: 0,
+        bootstrap: "127.0.0.1:9092".into(),
+        topic: String::new(),
+        clients: 1000,
+        rate: 200,
+        seconds: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--gateway" => a.gateway = v,
+            "--gateway-pid" => a.pid = v.parse().unwrap(),
+            "--bootstrap" => a.bootstrap = v,
+            "--topic" => a.topic = v,
+            "--clients" => a.clients = v.parse().unwrap(),
+            "--rate" => a.rate = v.parse().unwrap(),
+            "--seconds" => a.seconds = v.parse().unwrap(),
+            _ => panic!("unknown argument {k}"),
+        }
+    }
+    assert!(!a.topic.is_empty() && a.pid != 0, "--topic and --gateway-pid are required");
+    a
+}
+
+/// (utime + stime in clock ticks, RSS in KiB) of a process.
+fn proc_usage(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("gateway process");
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let cpu = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (cpu, rss)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// One client: counts events; when `sample`, records latency from the `timestamp` field.
+async fn client(addr: String, deliveries: Arc<AtomicU64>, latencies: Option<Arc<std::sync::Mutex<Vec<i64>>>>) {
+    let mut s = loop {
+        match TcpStream::connect(&addr).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    s.write_all(b"GET /stream?types=tick HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut tail = Vec::new();
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let recv_ms = now_ms();
+        // Events are counted by their `id:` lines; a line split across reads is stitched with the tail.
+        tail.extend_from_slice(&buf[..n]);
+        let mut consumed = 0;
+        while let Some(pos) = memchr(b'\n', &tail[consumed..]) {
+            let line = &tail[consumed..consumed + pos];
+            if line.starts_with(b"id: ") {
+                deliveries.fetch_add(1, Ordering::Relaxed);
+            } else if let (Some(l), true) = (&latencies, line.starts_with(b"data: {\"type\":\"crypto_update\"")) {
+                if let Some(t) = find_timestamp(line) {
+                    l.lock().unwrap().push(recv_ms - t);
+                }
+            }
+            consumed += pos + 1;
+        }
+        tail.drain(..consumed);
+    }
+}
+
+fn memchr(b: u8, s: &[u8]) -> Option<usize> {
+    s.iter().position(|&c| c == b)
+}
+
+fn find_timestamp(line: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(line).ok()?;
+    let at = s.find("\"timestamp\":\"")? + 13;
+    let end = s[at..].find('"')? + at;
+    chrono::DateTime::parse_from_rfc3339(&s[at..end]).ok().map(|t| t.timestamp_millis())
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return -1;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let tck = 100.0; // USER_HZ
+    let (_, rss0) = proc_usage(a.pid);
+    let deliveries = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Latency from 1 client in 50 keeps the load tool's own parsing off the gateway's CPU budget.
+    for i in 0..a.clients {
+        let l = (i % 50 == 0).then(|| latencies.clone());
+        tokio::spawn(client(a.gateway.clone(), deliveries.clone(), l));
+        if i % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Wait for every client to be connected (the gateway's own count).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let body = http_get(&a.gateway, "/stats").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["clients"].as_u64() >= Some(a.clients as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "clients did not all connect: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, rss_idle) = proc_usage(a.pid);
+    println!(
+        "connected {} clients: gateway RSS {} KiB -> {} KiB ({:.1} KiB per idle connection)",
+        a.clients,
+        rss0,
+        rss_idle,
+        (rss_idle.saturating_sub(rss0)) as f64 / a.clients as f64
+    );
+
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &a.bootstrap).set("linger.ms", "1").create().expect("producer");
+    let symbols = ["BTC", "ETH", "SOL", "XRP", "ADA", "DOGE", "BNB", "DOT", "LTC", "AVAX"];
+    let (cpu0, _) = proc_usage(a.pid);
+    let d0 = deliveries.load(Ordering::Relaxed);
+    latencies.lock().unwrap().clear();
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / a.rate as f64);
+    let mut next = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(a.seconds) {
+        let s = symbols[sent as usize % symbols.len()];
+        let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let payload = format!(
+            r#"{{"type":"tick","v":1,"source":"synthetic","symbol":"{s}","quote":"USD","price":"{}.5","exchange_time":"{t}","received_at":"{t}"}}"#,
+            60_000 + sent % 1000
+        );
+        let _ = producer.send_result(FutureRecord::to(&a.topic).key(s).payload(&payload));
+        sent += 1;
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            tokio::time::sleep(next - now).await;
+        }
+    }
+    // Let the last events arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let secs = start.elapsed().as_secs_f64();
+    let (cpu1, rss_load) = proc_usage(a.pid);
+    let d = deliveries.load(Ordering::Relaxed) - d0;
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_unstable();
+    println!("produced {sent} events at {} /s for {:.1} s", a.rate, secs);
+    println!("deliveries: {d} ({:.0} /s; expected {} /s)", d as f64 / secs, a.rate as usize * a.clients);
+    println!(
+        "latency (event time -> client receipt, {} samples): p50 {} ms, p99 {} ms, max {} ms",
+        l.len(),
+        percentile(&l, 0.5),
+        percentile(&l, 0.99),
+        l.last().copied().unwrap_or(-1)
+    );
+    println!(
+        "gateway CPU {:.0} % of one core; RSS under load {} KiB",
+        (cpu1 - cpu0) as f64 / tck / secs * 100.0,
+        rss_load
+    );
+    println!("gateway stats: {}", http_get(&a.gateway, "/stats").await);
+    std::process::exit(0);
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(addr).await else { return String::new() };
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
