@@ -140,7 +140,9 @@ pub async fn run_deployment(client: &Client, ns: &str, name: &str, work_dir: &Pa
     }
     // Nested mounts after their parents, and /tmp last (mounting it hides the sources under /tmp).
     binds.sort_by_key(|(_, p)| (p == "/tmp" || p.starts_with("/tmp/"), p.len()));
-    let mut script = String::from("set -e\n");
+    // The image's entrypoint is the worker binary. Open it before mounting: the binary may live under /tmp
+    // (a CI checkout), which the pod's emptyDir then covers; the kernel runs it from the open descriptor.
+    let mut script = format!("set -e\nexec 9< {}\n", shell_quote(&binary("cryptoviz-worker").display().to_string()));
     for (src, path) in &binds {
         script.push_str(&format!(
             "mkdir -p {p} && mount --bind {s} {p}\n",
@@ -148,8 +150,8 @@ pub async fn run_deployment(client: &Client, ns: &str, name: &str, work_dir: &Pa
             s = shell_quote(&src.display().to_string())
         ));
     }
-    let mut argv: Vec<String> =
-        c.command.clone().unwrap_or_else(|| vec![binary("cryptoviz-worker").display().to_string()]);
+    assert!(c.command.is_none(), "the local runner runs the image's entrypoint (cryptoviz-worker) only");
+    let mut argv: Vec<String> = vec!["/proc/self/fd/9".into()];
     argv.extend(c.args.clone().unwrap_or_default());
     script.push_str(&format!("exec {}\n", argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")));
 
