@@ -196,7 +196,14 @@ pub async fn consume_until(topics: &[&str], timeout: Duration, done: impl Fn(&[R
             panic!("timed out after {timeout:?} reading {topics:?}; got {} records: {out:#?}", out.len());
         }
         let Ok(msg) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await else { continue };
-        let msg = msg.expect("kafka receive");
+        let msg = match msg {
+            Ok(m) => m,
+            // A topic created a moment ago may not be in the consumer's metadata yet.
+            Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) => continue,
+            Err(e) => panic!("kafka receive: {e}"),
+        };
         let headers = msg
             .headers()
             .map(|h| {

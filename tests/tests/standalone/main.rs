@@ -87,6 +87,13 @@ impl Standalone {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// Wait until the process has printed `needle` (its output is read by another thread, so what it
+    /// printed before /health answered may not have been collected yet).
+    async fn printed(&self, needle: &str) {
+        let what = format!("standalone to print {needle:?}");
+        cryptoviz_tests::wait_for(&what, START_TIMEOUT, || async { self.stdout().contains(needle).then_some(()) }).await
+    }
+
     fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -218,7 +225,7 @@ async fn default_command_streams_events_within_two_seconds_and_stops_on_ctrl_c()
 async fn example_synthetic_manifest_runs_as_is() {
     let mut sa = Standalone::start(&["-f", "manifests/examples/synthetic.yaml"]);
     let t0 = sa.health().await;
-    assert!(sa.stdout().contains("pipeline default/synthetic"), "{}", sa.stdout());
+    sa.printed("pipeline default/synthetic").await;
     let mut stream = Stream::open(&sa.base);
     let mut seen = BTreeSet::new();
     let deadline = t0 + Duration::from_secs(10);
@@ -337,7 +344,7 @@ async fn with_kafka_messages_reach_the_real_topics() {
     let mut sa = Standalone::start(&["-f", file.to_str().unwrap(), "--kafka", &bootstrap]);
     let t0 = sa.health().await;
     let (raw, stream_topic) = (format!("default.{name}.raw"), format!("default.{name}.stream"));
-    assert!(sa.stdout().contains(&format!("topics {raw}, {stream_topic}")), "{}", sa.stdout());
+    sa.printed(&format!("topics {raw}, {stream_topic}")).await;
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -415,7 +422,7 @@ async fn with_timescale_the_raw_feed_is_stored() {
 
     let mut sa = Standalone::start(&["-f", file.to_str().unwrap(), "--timescale", &url]);
     sa.health().await;
-    assert!(sa.stdout().contains(&format!("consumer into schema {schema}")), "{}", sa.stdout());
+    sa.printed(&format!("consumer into schema {schema}")).await;
     let count = async |db: &mut PgConnection, table: &str| -> i64 {
         sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM \"{schema}\".{table}")))
             .fetch_one(db)
