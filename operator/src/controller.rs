@@ -144,6 +144,7 @@ pub async fn run(
     let (pipelines, pipelines_writer) = reflector::store();
     let pipeline_stream = watcher(api::<CryptoPipeline>(&client, ns), watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
         .reflect(pipelines_writer)
         .applied_objects()
         // Our own status writes change neither generation nor annotations: they never trigger a reconcile.
@@ -155,8 +156,12 @@ pub async fn run(
     macro_rules! owned_stream {
         ($t:ty) => {{
             let (store, writer) = reflector::store::<$t>();
-            let stream =
-                watcher(api::<$t>(&client, ns), owned.clone()).default_backoff().reflect(writer).touched_objects();
+            let stream = watcher(api::<$t>(&client, ns), owned.clone())
+                .default_backoff()
+                // managedFields are never read here and are most of an object's size: keep the stores small.
+                .modify(|o| o.managed_fields_mut().clear())
+                .reflect(writer)
+                .touched_objects();
             (store, stream)
         }};
     }
