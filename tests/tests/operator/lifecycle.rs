@@ -70,7 +70,11 @@ async fn apply_creates_owned_locked_down_children_and_becomes_ready() {
     assert!(deployments.get_opt("markets-consumer").await.unwrap().is_none(), "no storage, no consumer");
     let cm = config_maps.get("markets-config").await.unwrap();
     assert!(cm.data.unwrap()["config.yaml"].contains(&format!("rawTopic: {ns}.markets.raw")));
-    assert!(services.get_opt("markets-gateway").await.unwrap().is_some());
+    // The Service is applied right after the Deployments: wait for it rather than race the operator.
+    wait_for("the gateway Service", Duration::from_secs(30), || async {
+        services.get_opt("markets-gateway").await.ok().flatten()
+    })
+    .await;
 
     let pipelines: Api<CryptoPipeline> = Api::namespaced(client.clone(), &ns);
     wait_for("Ready=True", Duration::from_secs(60), || async {
