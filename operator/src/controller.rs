@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
@@ -67,6 +67,9 @@ pub struct Settings {
     pub resync: Duration,
     /// How long external clean-up may fail before the finalizer is released anyway.
     pub finalizer_timeout: Duration,
+    /// Reconciles in flight at once per watch scope. Bounds memory and the load on the API server, the
+    /// brokers and the databases when many pipelines change together (startup, a mass apply).
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Parts shared by the controllers of every watched namespace.
@@ -171,7 +174,9 @@ pub async fn run(
     let (pdbs, pdb_stream) = owned_stream!(PodDisruptionBudget);
 
     let ctx = Arc::new(Context { shared, pipelines: pipelines.clone(), deployments, config_maps, services, pdbs });
+    let config = controller::Config::default().concurrency(ctx.shared.settings.max_concurrent_reconciles);
     Controller::for_stream(pipeline_stream, pipelines)
+        .with_config(config)
         .owns_stream(dep_stream)
         .owns_stream(cm_stream)
         .owns_stream(svc_stream)

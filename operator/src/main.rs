@@ -46,6 +46,12 @@ struct Args {
     #[arg(long, env = "CRYPTOVIZ_FINALIZER_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     finalizer_timeout: Duration,
 
+    /// Reconciles in flight at once per watched scope: bounds memory and the load on the API server,
+    /// the brokers and the databases when many pipelines change together.
+    #[arg(long, env = "CRYPTOVIZ_MAX_CONCURRENT_RECONCILES", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
+
     /// Elect a leader through a Lease, so several replicas can run.
     #[arg(long, env = "CRYPTOVIZ_LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
@@ -175,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
         },
         resync: args.resync_interval,
         finalizer_timeout: args.finalizer_timeout,
+        max_concurrent_reconciles: args.max_concurrent_reconciles,
     };
     let shared = controller::Shared::new(client, metrics.clone(), settings, identity);
     let scopes: Vec<Option<String>> = if args.watch_namespaces.is_empty() {
