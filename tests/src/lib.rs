@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 pub mod browser;
 pub mod operator;
 pub mod podspec;
+pub mod process;
 pub mod standins;
 use std::time::{Duration, Instant};
 

@@ -146,7 +146,7 @@ impl Operator {
 
     /// Send SIGTERM (graceful shutdown) and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = crate::process::signal(self.child.id(), crate::process::SIGTERM);
         self.child.wait().unwrap()
     }
 

@@ -47,8 +47,7 @@ impl PodProcess {
 impl Drop for PodProcess {
     fn drop(&mut self) {
         let child = self.child.get_mut().unwrap();
-        let pid = child.id() as i32;
-        let _ = Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status();
+        let _ = crate::process::signal_group(child.id(), crate::process::SIGKILL);
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&self.root);

@@ -207,8 +207,7 @@ impl Worker {
 
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
+        cryptoviz_tests::process::signal(self.child.id(), cryptoviz_tests::process::SIGTERM).unwrap();
         let child = &mut self.child;
         let status = wait_for("the consumer to exit after SIGTERM", Duration::from_secs(30), || {
             let r = child.try_wait().unwrap();

@@ -313,8 +313,7 @@ async fn graceful_shutdown_tells_clients_to_reconnect_then_closes() {
     let gw = Gateway::start(&topic, Opts::default()).await;
     let mut c = Client::connect(&gw.addr, "/stream", &[]).await;
     c.next().await;
-    let status = std::process::Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status().unwrap();
-    assert!(status.success());
+    cryptoviz_tests::process::signal(gw.pid(), cryptoviz_tests::process::SIGTERM).unwrap();
     let rest = c.until_end().await;
     let last = rest.last().expect("a final event");
     assert_eq!(last.kind(), "shutdown");

@@ -48,8 +48,7 @@ async fn live_page_shows_prices_arriving_in_headless_chromium() {
     .await;
     feeder.abort();
     // ...then the gateway shuts down gracefully: the streams end, the pages go idle, Chromium reports.
-    let status = std::process::Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status().unwrap();
-    assert!(status.success());
+    cryptoviz_tests::process::signal(gw.pid(), cryptoviz_tests::process::SIGTERM).unwrap();
     let dom = dom_browser.finish().await;
     shot_browser.finish().await;
 

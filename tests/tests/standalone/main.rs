@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use cryptoviz_tests::browser::Browser;
 use cryptoviz_tests::operator::{binary, free_port, http_get};
+use cryptoviz_tests::process::{SIGINT, SIGTERM};
 use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
 use cryptoviz_workers::message::Message;
 use rdkafka::ClientConfig;
@@ -102,13 +103,12 @@ impl Standalone {
         http_get(&format!("{}{path}", self.base)).await.unwrap_or_else(|| panic!("GET {path} answers 2xx"))
     }
 
-    /// Send `signal` (INT is Ctrl-C) and wait for the exit status (30 s at most).
-    async fn stop(&mut self, signal: &str) -> ExitStatus {
-        let pid = self.child.id().expect("running").to_string();
-        assert!(std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+    /// Send `signal` (SIGINT is Ctrl-C) and wait for the exit status (30 s at most).
+    async fn stop(&mut self, signal: i32) -> ExitStatus {
+        cryptoviz_tests::process::signal(self.child.id().expect("running"), signal).unwrap();
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("standalone exits within 30 s of SIG{signal}"))
+            .unwrap_or_else(|_| panic!("standalone exits within 30 s of signal {signal}"))
             .unwrap()
     }
 }
@@ -210,7 +210,7 @@ async fn default_command_streams_events_within_two_seconds_and_stops_on_ctrl_c()
     wait_for("/ready", Duration::from_secs(10), || async { http_get(&format!("{}/ready", sa.base)).await.map(|_| ()) })
         .await;
 
-    let exit = sa.stop("INT").await;
+    let exit = sa.stop(SIGINT).await;
     assert!(exit.success(), "clean exit on Ctrl-C: {exit}\n{}", sa.stderr());
     let mut last = None;
     while let Some(ev) = stream.next().await {
@@ -234,7 +234,7 @@ async fn example_synthetic_manifest_runs_as_is() {
         seen.insert(ev["data"]["symbol"].as_str().unwrap().to_string());
     }
     assert_eq!(seen, BTreeSet::from(["BTC".into(), "ETH".into(), "SOL".into()]));
-    let exit = sa.stop("TERM").await;
+    let exit = sa.stop(SIGTERM).await;
     assert!(exit.success(), "{exit}");
 }
 
@@ -300,7 +300,7 @@ async fn live_page_shows_prices_in_headless_chromium() {
     })
     .await;
     // Ending the streams lets the pages go idle, and Chromium report.
-    assert!(sa.stop("TERM").await.success());
+    assert!(sa.stop(SIGTERM).await.success());
     let dom = dom_browser.finish().await;
     shot_browser.finish().await;
 
@@ -378,7 +378,7 @@ async fn with_kafka_messages_reach_the_real_topics() {
     let mut stream = Stream::open(&sa.base);
     let ev = stream.next_market(Instant::now().max(t0) + Duration::from_secs(10)).await;
     assert!(["BTC", "ETH"].contains(&ev["data"]["symbol"].as_str().unwrap()), "{ev}");
-    let exit = sa.stop("TERM").await;
+    let exit = sa.stop(SIGTERM).await;
     assert!(exit.success(), "{exit}\n{}", sa.stderr());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -434,7 +434,7 @@ async fn with_timescale_the_raw_feed_is_stored() {
         assert!(Instant::now() < deadline, "10 ticks and 10 trades stored within 20 s:\n{}", sa.stderr());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let exit = sa.stop("TERM").await;
+    let exit = sa.stop(SIGTERM).await;
     assert!(exit.success(), "{exit}\n{}", sa.stderr());
     // The last batch is flushed on the way out: nothing stored is lost, and more may have arrived.
     let rows = count(&mut db, "ticks").await + count(&mut db, "trades").await;
