@@ -3,8 +3,9 @@
 //! - **Complete**: offsets are committed only after the database transaction committed (auto commit off), so a
 //!   crash re-delivers what was not stored; malformed records go to the dead-letter topic, with the reason in
 //!   headers, before their offsets are committed.
-//! - **Exact**: every insert is `ON CONFLICT DO NOTHING` on the tables' natural keys, so re-delivered records are
-//!   no-ops.
+//! - **Exact**: the tables' natural keys are unique; a batch with only new keys is copied straight in, and one
+//!   holding a stored key (a re-delivery) is written with `ON CONFLICT DO NOTHING` instead (see [`sink`]), so
+//!   re-delivered records are no-ops.
 //! - **Database down**: the batch is kept, the assigned partitions are paused (polling goes on, so the group
 //!   membership stays alive) and the same batch is retried with exponential backoff; consumption resumes after it
 //!   is stored.

@@ -2,9 +2,12 @@
 //! idempotent `INSERT … ON CONFLICT DO NOTHING`, so a re-delivered record (after a crash between the database
 //! commit and the Kafka commit) is a no-op and every row is stored once.
 //!
-//! The rows reach the database by `COPY … FROM STDIN` into a session-private staging table, then one
-//! `INSERT … SELECT … ON CONFLICT DO NOTHING` moves them: COPY is several times cheaper per row than bound
-//! arrays. Where COPY is refused (SQLSTATE 0A000 — the WASM TimescaleDB test server), the sink switches for
+//! The rows reach the database by `COPY … FROM STDIN`, several times cheaper per row than bound arrays. A batch
+//! whose keys are all new (the common case) is copied straight into its table; when a key is already stored (a
+//! redelivery after a crash, a source repeating itself), the table's COPY fails with a unique violation, is
+//! rolled back to a savepoint, and the rows go through a session-private staging table and one
+//! `INSERT … SELECT … ON CONFLICT DO NOTHING` instead — for this batch and the next [`STAGING_AFTER_CONFLICT`],
+//! so a source that repeats itself does not pay for a failed COPY every time. Where COPY is refused (SQLSTATE 0A000 — the WASM TimescaleDB test server), the sink switches for
 //! good to `INSERT … SELECT FROM UNNEST(arrays)`. Either way decimals travel as text and are parsed by the
 //! database as `numeric`: exact, never a float.
 //!
@@ -13,7 +16,7 @@
 //! of at most one connection with a short idle timeout, or, with [`CONNECT_PER_BATCH_ENV`] set, a fresh connection
 //! per batch, closed right after it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -31,6 +34,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a batch's transaction before it is retried.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After a batch's keys conflicted, this many further batches go straight to staging.
+pub const STAGING_AFTER_CONFLICT: u32 = 8;
+/// PostgreSQL's unique_violation.
+const UNIQUE_VIOLATION: &str = "23505";
 
 /// Rows inserted by one batch (conflicting, already stored rows are not counted).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +100,8 @@ pub struct Sink {
     trades_sql: String,
     /// COPY into staging works on this database (cleared on the first 0A000 refusal).
     copy: AtomicBool,
+    /// Batches left to write through staging before a direct COPY is tried again.
+    staging_left: AtomicU32,
     schema: String,
 }
 
@@ -198,11 +208,13 @@ impl Sink {
                  ON CONFLICT DO NOTHING"
             ),
             copy: AtomicBool::new(true),
+            staging_left: AtomicU32::new(0),
             schema: s,
         })
     }
 
-    /// COPY the batch into per-session staging tables, then move it with one idempotent INSERT per table.
+    /// COPY the batch into its tables in one transaction: straight in when its keys are new, else through
+    /// staging and an idempotent INSERT (see the module docs).
     async fn write_copy(
         &self,
         c: &mut PgConnection,
@@ -221,25 +233,59 @@ impl Sink {
                 if trades.is_empty() { vec![] } else { trades_copy_text(trades) },
             ),
         ];
+        let mut direct = self.staging_left.load(Ordering::Relaxed) == 0;
+        if !direct {
+            self.staging_left.fetch_sub(1, Ordering::Relaxed);
+        }
         for (table, columns, rows, text) in tables {
             if rows == 0 {
                 continue;
             }
-            // Temporary, so concurrent consumers never share it; emptied by every commit.
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "CREATE TEMP TABLE IF NOT EXISTS cv_stage_{table} (LIKE {s}.{table}) ON COMMIT DELETE ROWS"
-            )))
-            .execute(&mut *tx)
-            .await?;
-            let mut copy = tx.copy_in_raw(&format!("COPY pg_temp.cv_stage_{table} ({columns}) FROM STDIN")).await?;
-            copy.send(text).await?;
-            copy.finish().await?;
-            let n = sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {s}.{table} ({columns}) SELECT {columns} FROM pg_temp.cv_stage_{table} ON CONFLICT DO NOTHING"
-            )))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let mut stored = None;
+            if direct {
+                sqlx::raw_sql("SAVEPOINT cv_direct").execute(&mut *tx).await?;
+                let copied = async {
+                    let mut copy = tx.copy_in_raw(&format!("COPY {s}.{table} ({columns}) FROM STDIN")).await?;
+                    copy.send(text.as_slice()).await?;
+                    copy.finish().await
+                }
+                .await;
+                match copied {
+                    Ok(n) => {
+                        sqlx::raw_sql("RELEASE SAVEPOINT cv_direct").execute(&mut *tx).await?;
+                        stored = Some(n);
+                    }
+                    Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+                        tracing::debug!(table, "keys already stored: this batch goes through staging");
+                        sqlx::raw_sql("ROLLBACK TO SAVEPOINT cv_direct").execute(&mut *tx).await?;
+                        self.staging_left.store(STAGING_AFTER_CONFLICT, Ordering::Relaxed);
+                        direct = false;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let n = match stored {
+                Some(n) => n,
+                None => {
+                    // Temporary, so concurrent consumers never share it; emptied by every commit.
+                    sqlx::raw_sql(AssertSqlSafe(format!(
+                        "CREATE TEMP TABLE IF NOT EXISTS cv_stage_{table} (LIKE {s}.{table}) ON COMMIT DELETE ROWS"
+                    )))
+                    .execute(&mut *tx)
+                    .await?;
+                    let mut copy =
+                        tx.copy_in_raw(&format!("COPY pg_temp.cv_stage_{table} ({columns}) FROM STDIN")).await?;
+                    copy.send(text).await?;
+                    copy.finish().await?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {s}.{table} ({columns}) SELECT {columns} FROM pg_temp.cv_stage_{table} \
+                         ON CONFLICT DO NOTHING"
+                    )))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                }
+            };
             if table == "ticks" {
                 written.ticks = n;
             } else {
