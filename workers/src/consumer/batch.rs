@@ -149,6 +149,21 @@ impl Batch {
         o
     }
 
+    /// Put `newer` (records read after these) behind this batch's records, into one batch: a batch whose write
+    /// failed is retried together with what was read meanwhile, and their offsets are committed together.
+    pub fn append(&mut self, newer: Batch) {
+        if newer.is_empty() {
+            return;
+        }
+        self.started = match (self.started, newer.started) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // The newer records are not in the database yet.
+        self.stored = false;
+        self.entries.extend(newer.entries);
+    }
+
     /// Drop the records of partitions no longer owned (uncommitted: their next owner reads them again).
     /// Returns how many were dropped.
     pub fn drop_partitions(&mut self, revoked: impl Fn(i32) -> bool) -> usize {
@@ -369,6 +384,23 @@ mod tests {
         assert_eq!(b.commit_offsets(), BTreeMap::from([(0, 2), (2, 2)]));
         assert_eq!(b.drop_partitions(|_| true), 2);
         assert!(b.is_empty() && b.deadline(Duration::from_secs(1)).is_none());
+    }
+
+    #[test]
+    fn an_appended_batch_keeps_read_order_and_is_stored_again() {
+        let mut older = Batch::default();
+        older.push(entry(0, 5, "x"));
+        older.stored = true;
+        let mut newer = Batch::default();
+        newer.push(entry(0, 6, "y"));
+        newer.push(entry(1, 2, "z"));
+        older.append(newer);
+        assert_eq!(older.entries().iter().map(|e| e.offset).collect::<Vec<_>>(), [5, 6, 2]);
+        assert!(!older.stored, "the newer rows still have to be written");
+        assert_eq!(older.commit_offsets(), BTreeMap::from([(0, 7), (1, 3)]));
+        older.stored = true;
+        older.append(Batch::default());
+        assert!(older.stored, "appending nothing changes nothing");
     }
 
     #[test]

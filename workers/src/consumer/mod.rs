@@ -15,6 +15,11 @@
 //!
 //! The Kafka loop is synchronous (librdkafka's `BaseConsumer` on a blocking thread) because rebalance callbacks
 //! run inside `poll` and must flush before returning; database calls are driven on the Tokio runtime from there.
+//!
+//! **Pipelined**: a full batch's transaction runs on the runtime while the loop reads and decodes the next one, so
+//! decoding and the database overlap. At most one batch is in flight, and it is settled (dead letters, offsets)
+//! before the next one starts, so offsets are still committed in order, only after their rows are stored. A write
+//! that fails puts its batch back in front of the records read since, and the whole is retried as one.
 
 pub mod batch;
 pub mod metrics;
@@ -40,7 +45,7 @@ use crate::bus::kafka::client_config;
 use crate::server::{self, Health};
 use batch::{Batch, Entry, Rejection, Row};
 use metrics::{KindLabels, Metrics, PartitionLabels, ReasonLabels, TableLabels};
-use sink::{CONNECT_PER_BATCH_ENV, Sink, SinkError};
+use sink::{CONNECT_PER_BATCH_ENV, Sink, SinkError, Written};
 
 /// Dead-letter header: why the record was rejected.
 pub const DLQ_REASON_HEADER: &str = "cv-dlq-reason";
@@ -59,6 +64,8 @@ const REVOKE_FLUSH_BUDGET: Duration = Duration::from_secs(10);
 const IDLE_PING: Duration = Duration::from_secs(10);
 /// Longest single poll: how quickly a stop request is noticed.
 const MAX_POLL: Duration = Duration::from_millis(200);
+/// Longest single poll while a batch is being written: how late its offsets are committed once it is stored.
+const MAX_POLL_WRITING: Duration = Duration::from_millis(5);
 
 /// Run the consumer until SIGTERM/SIGINT: serve health and metrics on `listen`, consume the raw topic into the
 /// database named by `cfg.storage`.
@@ -67,7 +74,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let url = std::env::var(&storage.url_env)
         .with_context(|| format!("the database URL variable {} is not set", storage.url_env))?;
     let per_batch = matches!(std::env::var(CONNECT_PER_BATCH_ENV).as_deref(), Ok("1" | "true"));
-    let sink = Sink::new(&url, &storage.schema, per_batch)?;
+    let sink = Arc::new(Sink::new(&url, &storage.schema, per_batch)?);
     drop(url);
 
     let mut registry = Registry::default();
@@ -98,6 +105,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
         metrics,
         health,
         pending: Mutex::new(Batch::default()),
+        writing: Mutex::new(None),
         paused: AtomicBool::new(false),
         assigned: AtomicBool::new(false),
         db_ok: AtomicBool::new(false),
@@ -166,7 +174,8 @@ fn consume(
     let mut last_db_contact = Instant::now() - IDLE_PING;
     while !stop.load(Ordering::Relaxed) {
         let wake = retry_at.or_else(|| ctx.pending().deadline(interval));
-        let timeout = wake.map_or(MAX_POLL, |w| w.saturating_duration_since(Instant::now()).min(MAX_POLL));
+        let max = if ctx.is_writing() { MAX_POLL_WRITING } else { MAX_POLL };
+        let timeout = wake.map_or(max, |w| w.saturating_duration_since(Instant::now()).min(max));
         match consumer.poll(timeout) {
             Some(Ok(m)) => {
                 let entry = Entry {
@@ -186,9 +195,21 @@ fn consume(
             Some(t) => Instant::now() >= t,
             None => ctx.pending().due(batch_size, interval),
         };
-        if due {
+        let outcome = if due {
             let mut pending = ctx.pending();
-            match ctx.flush(&consumer, &mut pending) {
+            // Retries are synchronous: nothing newer is written before the failed batch is stored.
+            Some(if retry_at.is_some() {
+                ctx.flush(&consumer, &mut pending)
+            } else {
+                ctx.write(&consumer, &mut pending)
+            })
+        } else if ctx.write_done() {
+            Some(ctx.settle(&consumer, &mut ctx.pending()))
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome {
+            match outcome {
                 Ok(()) => {
                     last_db_contact = Instant::now();
                     if retry_at.take().is_some() {
@@ -199,7 +220,8 @@ fn consume(
                 }
                 Err(e) => {
                     if retry_at.is_none() {
-                        tracing::warn!(error = %e, records = pending.len(), "flush failed: pausing consumption and retrying");
+                        let records = ctx.pending().len();
+                        tracing::warn!(error = %e, records, "flush failed: pausing consumption and retrying");
                     } else {
                         tracing::debug!(error = %e, "flush retry failed");
                     }
@@ -208,7 +230,11 @@ fn consume(
                     backoff = (backoff * 2).min(BACKOFF.1);
                 }
             }
-        } else if retry_at.is_none() && ctx.pending().is_empty() && last_db_contact.elapsed() >= IDLE_PING {
+        } else if retry_at.is_none()
+            && !ctx.is_writing()
+            && ctx.pending().is_empty()
+            && last_db_contact.elapsed() >= IDLE_PING
+        {
             let ok = ctx.rt.block_on(ctx.sink.ping());
             if let Err(e) = &ok {
                 ctx.db_error(e);
@@ -242,17 +268,25 @@ enum FlushError {
     Commit(rdkafka::error::KafkaError),
 }
 
+/// A batch being written on the runtime; the task hands it back with the result.
+struct Writing {
+    started: Instant,
+    task: tokio::task::JoinHandle<(Batch, Result<Written, SinkError>)>,
+}
+
 /// The consumer's context: owns the pending batch and everything a flush needs, so the rebalance callbacks
 /// (which librdkafka runs inside `poll`) can flush too.
 struct Flusher {
     rt: Handle,
-    sink: Sink,
+    sink: Arc<Sink>,
     producer: FutureProducer,
     raw_topic: String,
     dlq_topic: String,
     metrics: Metrics,
     health: Arc<Health>,
     pending: Mutex<Batch>,
+    /// The batch whose transaction is running, if any.
+    writing: Mutex<Option<Writing>>,
     paused: AtomicBool,
     assigned: AtomicBool,
     db_ok: AtomicBool,
@@ -294,16 +328,80 @@ impl Flusher {
     /// Store the batch, dead-letter its rejected records, commit its offsets; on success the batch is emptied.
     /// On failure it is kept as it is, to be retried.
     fn flush(&self, consumer: &BaseConsumer<Self>, batch: &mut Batch) -> Result<(), FlushError> {
+        self.settle(consumer, batch)?;
         if batch.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         if !batch.stored {
-            self.store(batch)?;
+            let first = self.rt.block_on(self.sink.write(&batch.ticks(), &batch.trades()));
+            self.stored(batch, first)?;
         }
         self.dead_letter(batch)?;
         self.commit(consumer, batch)?;
+        self.observe(batch, started);
+        *batch = Batch::default();
+        Ok(())
+    }
 
+    fn writing(&self) -> MutexGuard<'_, Option<Writing>> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A batch's transaction is running.
+    fn is_writing(&self) -> bool {
+        self.writing().is_some()
+    }
+
+    /// The running transaction has finished (it can be settled without waiting).
+    fn write_done(&self) -> bool {
+        self.writing().as_ref().is_some_and(|w| w.task.is_finished())
+    }
+
+    /// Settle the previous write, then start writing `pending` on the runtime and return at once.
+    fn write(&self, consumer: &BaseConsumer<Self>, pending: &mut Batch) -> Result<(), FlushError> {
+        self.settle(consumer, pending)?;
+        if pending.is_empty() || pending.stored {
+            // Stored already (only its dead letters or offsets failed): finish it here.
+            return self.flush(consumer, pending);
+        }
+        let batch = std::mem::take(pending);
+        let sink = self.sink.clone();
+        let task = self.rt.spawn(async move {
+            let r = sink.write(&batch.ticks(), &batch.trades()).await;
+            (batch, r)
+        });
+        *self.writing() = Some(Writing { started: Instant::now(), task });
+        Ok(())
+    }
+
+    /// Wait for the batch in flight, if any, and finish it: isolate refused rows, dead letters, offsets. On
+    /// failure it goes back in front of `pending` (the records read since), to be retried as one batch.
+    fn settle(&self, consumer: &BaseConsumer<Self>, pending: &mut Batch) -> Result<(), FlushError> {
+        let Some(w) = self.writing().take() else { return Ok(()) };
+        let (mut batch, first) = match self.rt.block_on(w.task) {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let r = self
+            .stored(&mut batch, first)
+            .and_then(|()| self.dead_letter(&batch))
+            .and_then(|()| self.commit(consumer, &batch));
+        match r {
+            Ok(()) => {
+                self.observe(&batch, w.started);
+                Ok(())
+            }
+            Err(e) => {
+                batch.append(std::mem::take(pending));
+                *pending = batch;
+                Err(e)
+            }
+        }
+    }
+
+    /// Metrics of a batch stored and committed.
+    fn observe(&self, batch: &Batch, started: Instant) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for e in batch.entries() {
             if let (Some(ts), Row::Tick(_) | Row::Trade(_)) = (e.timestamp_ms, &e.row) {
@@ -312,13 +410,12 @@ impl Flusher {
         }
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
-        *batch = Batch::default();
-        Ok(())
     }
 
-    fn store(&self, batch: &mut Batch) -> Result<(), FlushError> {
-        let r = self.rt.block_on(self.sink.write(&batch.ticks(), &batch.trades()));
-        let written = match r {
+    /// Account for the batch's first write attempt; rows the database refused are isolated and the rest
+    /// written again.
+    fn stored(&self, batch: &mut Batch, first: Result<Written, SinkError>) -> Result<(), FlushError> {
+        let written = match first {
             Ok(w) => w,
             Err(e) if e.is_data_error() => {
                 self.db_error(&e);
