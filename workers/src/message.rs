@@ -250,8 +250,23 @@ impl Message {
     }
 
     /// Parse the wire format.
+    ///
+    /// The tag is read first and the body then straight into its type: the derived internally tagged
+    /// deserializer buffers every field into an intermediate tree first, which doubled the consumer's
+    /// decoding cost per record. Same result and errors as `serde_json::from_slice::<Message>`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        #[derive(Deserialize)]
+        struct Tag<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        let tag: Tag<'_> = serde_json::from_slice(bytes)?;
+        match tag.kind.as_ref() {
+            "tick" => serde_json::from_slice(bytes).map(Message::Tick),
+            "trade" => serde_json::from_slice(bytes).map(Message::Trade),
+            "alert" => serde_json::from_slice(bytes).map(Message::Alert),
+            other => Err(serde::de::Error::unknown_variant(other, &["tick", "trade", "alert"])),
+        }
     }
 }
 
@@ -298,6 +313,30 @@ mod tests {
         assert_eq!(v["v"], 1);
         assert_eq!(v["price"], "67187.330000000001");
         assert_eq!(Message::from_json(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn from_json_agrees_with_the_derived_deserializer() {
+        let cases = [
+            r#"{"type":"tick","v":1,"source":"kraken","symbol":"BTC","quote":"USD","price":"1.5","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00.1Z"}"#,
+            r#"{"v":1,"source":"binance","symbol":"ETH","quote":"USD","trade_id":"7","price":"2","quantity":"0.1","side":"sell","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z","type":"trade"}"#,
+            r#"{"type":"tick","v":1,"source":"kraken","symbol":"BTC","quote":"USD","price":"1,5","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#,
+            r#"{"type":"candle","v":1}"#,
+            r#"{"v":1,"symbol":"BTC"}"#,
+            r#"{"type":7}"#,
+            r#"[1,2]"#,
+            r#"{"type":"tick""#,
+        ];
+        for json in cases {
+            let fast = Message::from_json(json.as_bytes());
+            let derived = serde_json::from_str::<Message>(json);
+            assert_eq!(fast.is_ok(), derived.is_ok(), "{json}: {fast:?} vs {derived:?}");
+            match (fast, derived) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.classify(), b.classify(), "{json}: {a} vs {b}"),
+                _ => unreachable!(),
+            }
+        }
     }
 
     #[test]
