@@ -22,6 +22,7 @@
 //! that fails puts its batch back in front of the records read since, and the whole is retried as one.
 
 pub mod batch;
+pub mod copy;
 pub mod metrics;
 pub mod sink;
 

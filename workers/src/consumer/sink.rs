@@ -2,14 +2,15 @@
 //! idempotent `INSERT … ON CONFLICT DO NOTHING`, so a re-delivered record (after a crash between the database
 //! commit and the Kafka commit) is a no-op and every row is stored once.
 //!
-//! The rows reach the database by `COPY … FROM STDIN`, several times cheaper per row than bound arrays. A batch
-//! whose keys are all new (the common case) is copied straight into its table; when a key is already stored (a
-//! redelivery after a crash, a source repeating itself), the table's COPY fails with a unique violation, is
-//! rolled back to a savepoint, and the rows go through a session-private staging table and one
-//! `INSERT … SELECT … ON CONFLICT DO NOTHING` instead — for this batch and the next [`STAGING_AFTER_CONFLICT`],
-//! so a source that repeats itself does not pay for a failed COPY every time. Where COPY is refused (SQLSTATE 0A000 — the WASM TimescaleDB test server), the sink switches for
-//! good to `INSERT … SELECT FROM UNNEST(arrays)`. Either way decimals travel as text and are parsed by the
-//! database as `numeric`: exact, never a float.
+//! The rows reach the database by `COPY … FROM STDIN` in the binary format (see [`copy`]), several times
+//! cheaper per row than bound arrays. A batch whose keys are all new (the common case) is copied straight into
+//! its table; when a key is already stored (a redelivery after a crash, a source repeating itself), the table's
+//! COPY fails with a unique violation, is rolled back to a savepoint, and the rows go through a session-private
+//! staging table and one `INSERT … SELECT … ON CONFLICT DO NOTHING` instead — for this batch and the next
+//! [`STAGING_AFTER_CONFLICT`], so a source that repeats itself does not pay for a failed COPY every time. Where
+//! COPY is refused (SQLSTATE 0A000 — the WASM TimescaleDB test server), the sink switches for good to
+//! `INSERT … SELECT FROM UNNEST(arrays)`, decimals as text parsed by the database. Either way decimals are exact,
+//! never a float.
 //!
 //! Connections: the database may allow few sessions (the TimescaleDB test server has exactly one, and the
 //! operator needs it too), so the consumer never holds more than one, and never keeps one idle for long: a pool
@@ -19,12 +20,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection};
 
 use super::batch::{TickColumns, TradeColumns};
+use super::copy::{self, CopyData, TICK_COLUMNS, TRADE_COLUMNS};
 
 /// Set to `1`/`true` to open one connection per batch instead of keeping a pooled one.
 pub const CONNECT_PER_BATCH_ENV: &str = "CRYPTOVIZ_CONSUMER_CONNECT_PER_BATCH";
@@ -105,69 +105,6 @@ pub struct Sink {
     schema: String,
 }
 
-const TICK_COLUMNS: &str =
-    "time, source, symbol, quote, price, bid, ask, volume_24h, market_cap, change_24h_pct, received_at";
-const TRADE_COLUMNS: &str = "time, source, symbol, quote, trade_id, price, quantity, side, received_at";
-
-/// One field of COPY's text format: `\N` for NULL, backslash escapes for the characters that delimit.
-fn push_field(buf: &mut Vec<u8>, v: Option<&str>, last: bool) {
-    match v {
-        None => buf.extend_from_slice(b"\\N"),
-        Some(v) => {
-            for b in v.bytes() {
-                match b {
-                    b'\\' => buf.extend_from_slice(b"\\\\"),
-                    b'\t' => buf.extend_from_slice(b"\\t"),
-                    b'\n' => buf.extend_from_slice(b"\\n"),
-                    b'\r' => buf.extend_from_slice(b"\\r"),
-                    _ => buf.push(b),
-                }
-            }
-        }
-    }
-    buf.push(if last { b'\n' } else { b'\t' });
-}
-
-fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// The ticks of a batch in COPY text format.
-fn ticks_copy_text(t: &TickColumns<'_>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(t.time.len() * 160);
-    for i in 0..t.time.len() {
-        push_field(&mut buf, Some(&ts(&t.time[i])), false);
-        push_field(&mut buf, Some(t.source[i]), false);
-        push_field(&mut buf, Some(t.symbol[i]), false);
-        push_field(&mut buf, Some(t.quote[i]), false);
-        push_field(&mut buf, Some(t.price[i]), false);
-        push_field(&mut buf, t.bid[i], false);
-        push_field(&mut buf, t.ask[i], false);
-        push_field(&mut buf, t.volume_24h[i], false);
-        push_field(&mut buf, t.market_cap[i], false);
-        push_field(&mut buf, t.change_24h_pct[i], false);
-        push_field(&mut buf, Some(&ts(&t.received_at[i])), true);
-    }
-    buf
-}
-
-/// The trades of a batch in COPY text format.
-fn trades_copy_text(t: &TradeColumns<'_>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(t.time.len() * 140);
-    for i in 0..t.time.len() {
-        push_field(&mut buf, Some(&ts(&t.time[i])), false);
-        push_field(&mut buf, Some(t.source[i]), false);
-        push_field(&mut buf, Some(t.symbol[i]), false);
-        push_field(&mut buf, Some(t.quote[i]), false);
-        push_field(&mut buf, Some(t.trade_id[i]), false);
-        push_field(&mut buf, Some(t.price[i]), false);
-        push_field(&mut buf, Some(t.quantity[i]), false);
-        push_field(&mut buf, t.side[i], false);
-        push_field(&mut buf, Some(&ts(&t.received_at[i])), true);
-    }
-    buf
-}
-
 impl Sink {
     /// A writer into `schema` of the database at `url`. Connects lazily: a database that is down at start-up
     /// is retried like any other failure. The error never contains the URL (it holds the password).
@@ -224,29 +161,22 @@ impl Sink {
         let s = &self.schema;
         let mut tx = c.begin().await?;
         let mut written = Written::default();
-        let tables: [(&str, &str, usize, Vec<u8>); 2] = [
-            ("ticks", TICK_COLUMNS, ticks.time.len(), if ticks.is_empty() { vec![] } else { ticks_copy_text(ticks) }),
-            (
-                "trades",
-                TRADE_COLUMNS,
-                trades.time.len(),
-                if trades.is_empty() { vec![] } else { trades_copy_text(trades) },
-            ),
+        let tables: [(&str, &str, usize, Option<CopyData>); 2] = [
+            ("ticks", TICK_COLUMNS, ticks.time.len(), (!ticks.is_empty()).then(|| copy::ticks(ticks))),
+            ("trades", TRADE_COLUMNS, trades.time.len(), (!trades.is_empty()).then(|| copy::trades(trades))),
         ];
         let mut direct = self.staging_left.load(Ordering::Relaxed) == 0;
         if !direct {
             self.staging_left.fetch_sub(1, Ordering::Relaxed);
         }
-        for (table, columns, rows, text) in tables {
-            if rows == 0 {
-                continue;
-            }
+        for (table, columns, rows, data) in tables {
+            let Some(data) = data.filter(|_| rows > 0) else { continue };
             let mut stored = None;
             if direct {
                 sqlx::raw_sql("SAVEPOINT cv_direct").execute(&mut *tx).await?;
                 let copied = async {
-                    let mut copy = tx.copy_in_raw(&format!("COPY {s}.{table} ({columns}) FROM STDIN")).await?;
-                    copy.send(text.as_slice()).await?;
+                    let mut copy = tx.copy_in_raw(&data.statement(&format!("{s}.{table}"), columns)).await?;
+                    copy.send(data.bytes.as_slice()).await?;
                     copy.finish().await
                 }
                 .await;
@@ -274,8 +204,8 @@ impl Sink {
                     .execute(&mut *tx)
                     .await?;
                     let mut copy =
-                        tx.copy_in_raw(&format!("COPY pg_temp.cv_stage_{table} ({columns}) FROM STDIN")).await?;
-                    copy.send(text).await?;
+                        tx.copy_in_raw(&data.statement(&format!("pg_temp.cv_stage_{table}"), columns)).await?;
+                    copy.send(data.bytes).await?;
                     copy.finish().await?;
                     sqlx::query(AssertSqlSafe(format!(
                         "INSERT INTO {s}.{table} ({columns}) SELECT {columns} FROM pg_temp.cv_stage_{table} \
@@ -390,18 +320,5 @@ impl Sink {
         if let Target::Pool(pool) = &self.target {
             pool.close().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_escapes_delimiters_and_writes_nulls() {
-        let mut buf = Vec::new();
-        push_field(&mut buf, Some("a\tb\\c\nd"), false);
-        push_field(&mut buf, None, true);
-        assert_eq!(buf, b"a\\tb\\\\c\\nd\t\\N\n");
     }
 }
