@@ -421,7 +421,9 @@ pub struct ConsumerSpec {
     /// Replicas, resources and image.
     #[serde(flatten)]
     pub workload: WorkloadSpec,
-    /// Rows per database transaction at most.
+    /// Rows per database transaction at most. A full batch is written only while a backlog is drained (live
+    /// traffic is flushed by `flushInterval` long before); larger batches amortise each transaction's cost —
+    /// 20000 drains ~1.4× faster than 5000 (docs/benchmarks.md) for ~15 MB more memory per batch in flight.
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 100000))]
     pub batch_size: u32,
@@ -442,7 +444,7 @@ impl Default for ConsumerSpec {
 }
 
 fn default_batch_size() -> u32 {
-    5000
+    20000
 }
 fn default_flush_interval() -> String {
     "1s".into()
