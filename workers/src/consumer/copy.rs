@@ -50,52 +50,63 @@ impl CopyData {
 
 /// The ticks of a batch: binary unless one of their values cannot be encoded in it.
 pub fn ticks(t: &TickColumns<'_>) -> CopyData {
-    let binary = || {
-        let mut w = Binary::new(t.time.len() * 140);
+    encode(t.time.len() * 140, |e| {
         for i in 0..t.time.len() {
-            w.row(11);
-            w.timestamptz(&t.time[i]);
-            w.text(Some(t.source[i]));
-            w.text(Some(t.symbol[i]));
-            w.text(Some(t.quote[i]));
-            w.numeric(Some(t.price[i]))?;
-            w.numeric(t.bid[i])?;
-            w.numeric(t.ask[i])?;
-            w.numeric(t.volume_24h[i])?;
-            w.numeric(t.market_cap[i])?;
-            w.numeric(t.change_24h_pct[i])?;
-            w.timestamptz(&t.received_at[i]);
+            e.row(11);
+            e.timestamptz(&t.time[i]);
+            e.text(Some(t.source[i]));
+            e.text(Some(t.symbol[i]));
+            e.text(Some(t.quote[i]));
+            e.numeric(Some(t.price[i]))?;
+            e.numeric(t.bid[i])?;
+            e.numeric(t.ask[i])?;
+            e.numeric(t.volume_24h[i])?;
+            e.numeric(t.market_cap[i])?;
+            e.numeric(t.change_24h_pct[i])?;
+            e.timestamptz(&t.received_at[i]);
         }
-        Some(w.finish())
-    };
-    binary().map_or_else(
-        || CopyData { format: Format::Text, bytes: ticks_text(t) },
-        |bytes| CopyData { format: Format::Binary, bytes },
-    )
+        Some(())
+    })
 }
 
 /// The trades of a batch: binary unless one of their values cannot be encoded in it.
 pub fn trades(t: &TradeColumns<'_>) -> CopyData {
-    let binary = || {
-        let mut w = Binary::new(t.time.len() * 120);
+    encode(t.time.len() * 120, |e| {
         for i in 0..t.time.len() {
-            w.row(9);
-            w.timestamptz(&t.time[i]);
-            w.text(Some(t.source[i]));
-            w.text(Some(t.symbol[i]));
-            w.text(Some(t.quote[i]));
-            w.text(Some(t.trade_id[i]));
-            w.numeric(Some(t.price[i]))?;
-            w.numeric(Some(t.quantity[i]))?;
-            w.text(t.side[i]);
-            w.timestamptz(&t.received_at[i]);
+            e.row(9);
+            e.timestamptz(&t.time[i]);
+            e.text(Some(t.source[i]));
+            e.text(Some(t.symbol[i]));
+            e.text(Some(t.quote[i]));
+            e.text(Some(t.trade_id[i]));
+            e.numeric(Some(t.price[i]))?;
+            e.numeric(Some(t.quantity[i]))?;
+            e.text(t.side[i]);
+            e.timestamptz(&t.received_at[i]);
         }
-        Some(w.finish())
-    };
-    binary().map_or_else(
-        || CopyData { format: Format::Text, bytes: trades_text(t) },
-        |bytes| CopyData { format: Format::Binary, bytes },
-    )
+        Some(())
+    })
+}
+
+/// Write the rows once in binary; if a value does not fit, once more in text (which carries every value).
+fn encode(capacity: usize, rows: impl Fn(&mut dyn Encoder) -> Option<()>) -> CopyData {
+    let mut binary = Binary::new(capacity);
+    if rows(&mut binary).is_some() {
+        return CopyData { format: Format::Binary, bytes: binary.finish() };
+    }
+    let mut text = Text::new(capacity);
+    rows(&mut text).expect("the text format carries every value");
+    CopyData { format: Format::Text, bytes: text.finish() }
+}
+
+/// The fields of one COPY format, written row by row in column order.
+trait Encoder {
+    /// Start a row of `fields` fields.
+    fn row(&mut self, fields: i16);
+    fn timestamptz(&mut self, t: &DateTime<Utc>);
+    fn text(&mut self, v: Option<&str>);
+    /// `None` when this format cannot carry the decimal.
+    fn numeric(&mut self, v: Option<&str>) -> Option<()>;
 }
 
 /// A binary COPY stream being written.
@@ -117,12 +128,19 @@ impl Binary {
         Binary { buf }
     }
 
-    fn row(&mut self, fields: i16) {
-        self.buf.extend_from_slice(&fields.to_be_bytes());
-    }
-
     fn null(&mut self) {
         self.buf.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        self.buf
+    }
+}
+
+impl Encoder for Binary {
+    fn row(&mut self, fields: i16) {
+        self.buf.extend_from_slice(&fields.to_be_bytes());
     }
 
     fn text(&mut self, v: Option<&str>) {
@@ -150,11 +168,6 @@ impl Binary {
             }
             Some(s) => push_numeric(&mut self.buf, s),
         }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
-        self.buf
     }
 }
 
@@ -218,61 +231,60 @@ fn push_numeric(buf: &mut Vec<u8>, s: &str) -> Option<()> {
     Some(())
 }
 
-/// One field of COPY's text format: `\N` for NULL, backslash escapes for the characters that delimit.
-fn push_field(buf: &mut Vec<u8>, v: Option<&str>, last: bool) {
-    match v {
-        None => buf.extend_from_slice(b"\\N"),
-        Some(v) => {
-            for b in v.bytes() {
-                match b {
-                    b'\\' => buf.extend_from_slice(b"\\\\"),
-                    b'\t' => buf.extend_from_slice(b"\\t"),
-                    b'\n' => buf.extend_from_slice(b"\\n"),
-                    b'\r' => buf.extend_from_slice(b"\\r"),
-                    _ => buf.push(b),
+/// A text COPY stream being written: tab-separated fields, one line per row.
+struct Text {
+    buf: Vec<u8>,
+    /// Fields still to write in the current row (the last one ends the line).
+    left: i16,
+}
+
+impl Text {
+    fn new(capacity: usize) -> Self {
+        Text { buf: Vec::with_capacity(capacity), left: 0 }
+    }
+
+    /// One field: `\N` for NULL, backslash escapes for the characters that delimit.
+    fn field(&mut self, v: Option<&str>) {
+        match v {
+            None => self.buf.extend_from_slice(b"\\N"),
+            Some(v) => {
+                for b in v.bytes() {
+                    match b {
+                        b'\\' => self.buf.extend_from_slice(b"\\\\"),
+                        b'\t' => self.buf.extend_from_slice(b"\\t"),
+                        b'\n' => self.buf.extend_from_slice(b"\\n"),
+                        b'\r' => self.buf.extend_from_slice(b"\\r"),
+                        _ => self.buf.push(b),
+                    }
                 }
             }
         }
+        self.left -= 1;
+        self.buf.push(if self.left == 0 { b'\n' } else { b'\t' });
     }
-    buf.push(if last { b'\n' } else { b'\t' });
+
+    fn finish(self) -> Vec<u8> {
+        self.buf
+    }
 }
 
-fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn ticks_text(t: &TickColumns<'_>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(t.time.len() * 160);
-    for i in 0..t.time.len() {
-        push_field(&mut buf, Some(&ts(&t.time[i])), false);
-        push_field(&mut buf, Some(t.source[i]), false);
-        push_field(&mut buf, Some(t.symbol[i]), false);
-        push_field(&mut buf, Some(t.quote[i]), false);
-        push_field(&mut buf, Some(t.price[i]), false);
-        push_field(&mut buf, t.bid[i], false);
-        push_field(&mut buf, t.ask[i], false);
-        push_field(&mut buf, t.volume_24h[i], false);
-        push_field(&mut buf, t.market_cap[i], false);
-        push_field(&mut buf, t.change_24h_pct[i], false);
-        push_field(&mut buf, Some(&ts(&t.received_at[i])), true);
+impl Encoder for Text {
+    fn row(&mut self, fields: i16) {
+        self.left = fields;
     }
-    buf
-}
 
-fn trades_text(t: &TradeColumns<'_>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(t.time.len() * 140);
-    for i in 0..t.time.len() {
-        push_field(&mut buf, Some(&ts(&t.time[i])), false);
-        push_field(&mut buf, Some(t.source[i]), false);
-        push_field(&mut buf, Some(t.symbol[i]), false);
-        push_field(&mut buf, Some(t.quote[i]), false);
-        push_field(&mut buf, Some(t.trade_id[i]), false);
-        push_field(&mut buf, Some(t.price[i]), false);
-        push_field(&mut buf, Some(t.quantity[i]), false);
-        push_field(&mut buf, t.side[i], false);
-        push_field(&mut buf, Some(&ts(&t.received_at[i])), true);
+    fn timestamptz(&mut self, t: &DateTime<Utc>) {
+        self.field(Some(&t.to_rfc3339_opts(SecondsFormat::Micros, true)));
     }
-    buf
+
+    fn text(&mut self, v: Option<&str>) {
+        self.field(v);
+    }
+
+    fn numeric(&mut self, v: Option<&str>) -> Option<()> {
+        self.field(v);
+        Some(())
+    }
 }
 
 #[cfg(test)]
@@ -357,9 +369,10 @@ mod tests {
 
     #[test]
     fn copy_text_escapes_delimiters_and_writes_nulls() {
-        let mut buf = Vec::new();
-        push_field(&mut buf, Some("a\tb\\c\nd"), false);
-        push_field(&mut buf, None, true);
-        assert_eq!(buf, b"a\\tb\\\\c\\nd\t\\N\n");
+        let mut text = Text::new(0);
+        text.row(2);
+        text.text(Some("a\tb\\c\nd"));
+        text.text(None);
+        assert_eq!(text.finish(), b"a\\tb\\\\c\\nd\t\\N\n");
     }
 }

@@ -394,7 +394,6 @@ impl Flusher {
             Ok(done) => done,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-
         let r = self
             .stored(&mut batch, first)
             .and_then(|()| self.dead_letter(&batch))

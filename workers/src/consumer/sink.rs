@@ -161,16 +161,16 @@ impl Sink {
         let s = &self.schema;
         let mut tx = c.begin().await?;
         let mut written = Written::default();
-        let tables: [(&str, &str, usize, Option<CopyData>); 2] = [
-            ("ticks", TICK_COLUMNS, ticks.time.len(), (!ticks.is_empty()).then(|| copy::ticks(ticks))),
-            ("trades", TRADE_COLUMNS, trades.time.len(), (!trades.is_empty()).then(|| copy::trades(trades))),
+        let tables: [(&str, &str, Option<CopyData>); 2] = [
+            ("ticks", TICK_COLUMNS, (!ticks.is_empty()).then(|| copy::ticks(ticks))),
+            ("trades", TRADE_COLUMNS, (!trades.is_empty()).then(|| copy::trades(trades))),
         ];
         let mut direct = self.staging_left.load(Ordering::Relaxed) == 0;
         if !direct {
             self.staging_left.fetch_sub(1, Ordering::Relaxed);
         }
-        for (table, columns, rows, data) in tables {
-            let Some(data) = data.filter(|_| rows > 0) else { continue };
+        for (table, columns, data) in tables {
+            let Some(data) = data else { continue };
             let mut stored = None;
             if direct {
                 sqlx::raw_sql("SAVEPOINT cv_direct").execute(&mut *tx).await?;
