@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use cryptoviz_tests::{TestEnv, unique};
+use cryptoviz_tests::{TestEnv, unique, wait_for};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -23,8 +23,12 @@ async fn topic_is_created_described_and_round_trips_a_message() {
     assert!(res[0].is_ok(), "create topic: {:?}", res[0]);
 
     let producer: FutureProducer = config().set("enable.idempotence", "true").create().unwrap();
-    let md = producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
-    assert_eq!(md.topics()[0].partitions().len(), 3);
+    // The broker answers metadata from its own cache, which can lag the controller's creation for a moment.
+    wait_for("the new topic's 3 partitions in the metadata", Duration::from_secs(30), || async {
+        let md = producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)).ok()?;
+        (md.topics()[0].partitions().len() == 3).then_some(())
+    })
+    .await;
 
     producer
         .send(FutureRecord::to(&topic).key("BTC").payload("hello").partition(1), Duration::from_secs(10))
