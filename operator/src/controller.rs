@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::cache::Cached;
 use crate::metrics::Metrics;
 use crate::status::{self, Observed};
 use crate::storage::Storage;
@@ -115,10 +116,10 @@ pub struct Context {
     pub shared: Arc<Shared>,
     /// Pipelines in scope (topic conflict detection).
     pub pipelines: Store<CryptoPipeline>,
-    deployments: Store<Deployment>,
-    config_maps: Store<ConfigMap>,
-    services: Store<Service>,
-    pdbs: Store<PodDisruptionBudget>,
+    deployments: Store<Cached<Deployment>>,
+    config_maps: Store<Cached<ConfigMap>>,
+    services: Store<Cached<Service>>,
+    pdbs: Store<Cached<PodDisruptionBudget>>,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -158,11 +159,10 @@ pub async fn run(
 
     macro_rules! owned_stream {
         ($t:ty) => {{
-            let (store, writer) = reflector::store::<$t>();
-            let stream = watcher(api::<$t>(&client, ns), owned.clone())
+            // Children are cached as compact JSON (see `cache.rs`): typed stores were most of our memory.
+            let (store, writer) = reflector::store::<Cached<$t>>();
+            let stream = watcher(api::<Cached<$t>>(&client, ns), owned.clone())
                 .default_backoff()
-                // managedFields are never read here and are most of an object's size: keep the stores small.
-                .modify(|o| o.managed_fields_mut().clear())
                 .reflect(writer)
                 .touched_objects();
             (store, stream)
@@ -255,7 +255,7 @@ async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Er
         let live = ctx
             .deployments
             .get(&ObjectRef::new(&workloads::child_name(p, c)).within(&p.namespace().unwrap_or_default()));
-        checks.push(status::deployment_check(p, c, live.as_deref()));
+        checks.push(status::deployment_check(p, c, live.map(|d| d.decode()).as_ref()));
     }
     let external_ok = topics.check.is_true() && storage.check.is_true();
     let new = status::compute(p, Observed { checks, topics: topics.status, previous: p.status.as_ref() }, &now);
@@ -286,7 +286,12 @@ fn claimed_elsewhere(p: &CryptoPipeline, pipelines: &Store<CryptoPipeline>) -> V
 }
 
 /// Server-side apply `desired` unless the live object (from the store) already has every field it sets.
-async fn apply_if_changed<K>(p: &CryptoPipeline, ctx: &Context, store: &Store<K>, desired: K) -> Result<(), Error>
+async fn apply_if_changed<K>(
+    p: &CryptoPipeline,
+    ctx: &Context,
+    store: &Store<Cached<K>>,
+    desired: K,
+) -> Result<(), Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -298,7 +303,7 @@ where
     let name = desired.name_any();
     let want = serde_json::to_value(&desired).expect("serialisable");
     if let Some(live) = store.get(&ObjectRef::new(&name).within(&ns)) {
-        if workloads::is_subset(&want, &serde_json::to_value(live.as_ref()).expect("serialisable")) {
+        if workloads::is_subset(&want, &live.value()) {
             return Ok(());
         }
     }
@@ -309,7 +314,12 @@ where
     Ok(())
 }
 
-async fn delete_if_present<K>(p: &CryptoPipeline, ctx: &Context, store: &Store<K>, name: &str) -> Result<(), Error>
+async fn delete_if_present<K>(
+    p: &CryptoPipeline,
+    ctx: &Context,
+    store: &Store<Cached<K>>,
+    name: &str,
+) -> Result<(), Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone

@@ -1,6 +1,7 @@
 //! The CryptoViz operator as a library: the binary in `main.rs` wires these together; integration tests and
 //! benchmarks call them directly.
 
+pub mod cache;
 pub mod controller;
 pub mod incremental_alter;
 pub mod leader;
