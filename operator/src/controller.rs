@@ -375,12 +375,23 @@ async fn announce_transitions(p: &CryptoPipeline, ctx: &Context, new: &CryptoPip
         match (c.type_.as_str(), c.status.as_str()) {
             ("Ready", "True") => publish(ctx, p, EventType::Normal, "Ready", c.message.clone()).await,
             (_, "False") if before.is_some() || c.type_ != "Ready" => {
-                if c.reason != "DeploymentMissing" && c.reason != "RolloutInProgress" {
+                if warrants_warning(&c.reason, before.is_some_and(|b| b.status == "True")) {
                     publish(ctx, p, EventType::Warning, &c.reason, format!("{}: {}", c.type_, c.message)).await
                 }
             }
             _ => {}
         }
+    }
+}
+
+/// Whether a concern turning False is worth a Warning. A rollout in progress never is; pods not available yet
+/// only are when the concern was available before (a first start is not a failure, and a Warning per
+/// component per new pipeline would bury the real ones, and cost the event recorder's cache memory).
+fn warrants_warning(reason: &str, was_true: bool) -> bool {
+    match reason {
+        "DeploymentMissing" | "RolloutInProgress" | "RolloutPending" => false,
+        "Unavailable" => was_true,
+        _ => true,
     }
 }
 
@@ -493,4 +504,19 @@ pub fn error_policy(p: Arc<CryptoPipeline>, e: &Error, ctx: Arc<Context>) -> Act
     warn!(namespace = %p.namespace().unwrap_or_default(), name = %p.name_any(), error = %e, "reconcile failed");
     ctx.shared.metrics.errors.get_or_create(&crate::metrics::ReasonLabels { reason: e.metric_label() }).inc();
     Action::requeue(backoff(&ctx, &p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::warrants_warning;
+
+    #[test]
+    fn warnings_for_failures_and_regressions_not_for_a_first_start() {
+        assert!(!warrants_warning("Unavailable", false), "pods of a new Deployment are not available yet");
+        assert!(warrants_warning("Unavailable", true), "pods that were available are gone");
+        assert!(!warrants_warning("RolloutInProgress", true));
+        assert!(!warrants_warning("DeploymentMissing", false));
+        assert!(warrants_warning("ProgressDeadlineExceeded", false));
+        assert!(warrants_warning("TopicConflict", false));
+    }
 }
