@@ -4,7 +4,7 @@
 //! librdkafka's calls block, and its admin futures resolve on librdkafka's own threads, so nothing here
 //! stalls the reconciler's runtime: blocking metadata reads run on `spawn_blocking`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,9 +148,20 @@ pub fn plan(desired: &DesiredTopic, live: Option<&LiveTopic>) -> TopicPlan {
     }
 }
 
+/// librdkafka keeps a topic object (partitions, queues, statistics: ~5 KiB) for every topic whose metadata a
+/// client has fetched, for the client's lifetime. An admin client is replaced once it has looked up this many
+/// distinct topics, so the operator's memory does not grow with the number of pipelines on one cluster.
+const TOPICS_PER_CLIENT: usize = 512;
+
+/// One cached admin client and the topics it has looked up.
+struct Admin {
+    client: Arc<AdminClient<DefaultClientContext>>,
+    topics: HashSet<String>,
+}
+
 /// The Kafka admin side of the operator: admin clients cached per connection.
 pub struct Topics {
-    clients: Mutex<HashMap<String, Arc<AdminClient<DefaultClientContext>>>>,
+    clients: Mutex<HashMap<String, Admin>>,
     metrics: Arc<Metrics>,
 }
 
@@ -191,8 +202,17 @@ impl Topics {
             props.push(("ssl.ca.pem".into(), secret_value(&secrets, &ca.name, &ca.key).await?));
         }
         let key = props.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n");
-        if let Some(c) = self.clients.lock().unwrap().get(&key) {
-            return Ok(c.clone());
+        let names = TopicRole::ALL.map(|r| p.topic_name(r));
+        {
+            let mut clients = self.clients.lock().unwrap();
+            if let Some(a) = clients.get_mut(&key) {
+                if a.topics.len() < TOPICS_PER_CLIENT || names.iter().all(|n| a.topics.contains(n)) {
+                    a.topics.extend(names);
+                    return Ok(a.client.clone());
+                }
+                // Operations in flight keep the old client alive until they finish.
+                clients.remove(&key);
+            }
         }
         let mut cfg = ClientConfig::new();
         for (k, v) in &props {
@@ -202,7 +222,8 @@ impl Topics {
         let client: AdminClient<DefaultClientContext> =
             cfg.create().map_err(|source| TopicsError::Admin { operation: "connect", source })?;
         let client = Arc::new(client);
-        self.clients.lock().unwrap().insert(key, client.clone());
+        let topics = names.into_iter().collect();
+        self.clients.lock().unwrap().insert(key, Admin { client: client.clone(), topics });
         Ok(client)
     }
 
