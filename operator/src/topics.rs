@@ -203,16 +203,20 @@ impl Topics {
         }
         let key = props.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n");
         let names = TopicRole::ALL.map(|r| p.topic_name(r));
-        {
+        let stale = {
             let mut clients = self.clients.lock().unwrap();
-            if let Some(a) = clients.get_mut(&key) {
-                if a.topics.len() < TOPICS_PER_CLIENT || names.iter().all(|n| a.topics.contains(n)) {
+            match clients.get_mut(&key) {
+                Some(a) if a.topics.len() < TOPICS_PER_CLIENT || names.iter().all(|n| a.topics.contains(n)) => {
                     a.topics.extend(names);
                     return Ok(a.client.clone());
                 }
                 // Operations in flight keep the old client alive until they finish.
-                clients.remove(&key);
+                _ => clients.remove(&key),
             }
+        };
+        // Destroying a librdkafka client joins its threads: not on the async runtime.
+        if let Some(old) = stale {
+            tokio::task::spawn_blocking(move || drop(old));
         }
         let mut cfg = ClientConfig::new();
         for (k, v) in &props {
@@ -478,6 +482,29 @@ async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_admin_client_is_replaced_after_enough_distinct_topics() {
+        // librdkafka connects lazily and no Secret is read without SASL/TLS: no broker or apiserver needed.
+        let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let topics = Topics::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+        let spec = r#"{"symbols":["BTC"],"sources":[{"kind":"synthetic"}],"kafka":{"bootstrapServers":"127.0.0.1:9"}}"#;
+        let pipeline = |i: usize| {
+            let mut p = CryptoPipeline::new(&format!("p{i}"), serde_json::from_str(spec).unwrap());
+            p.metadata.namespace = Some("ns".into());
+            p
+        };
+        let first = topics.client(&pipeline(0), &kube).await.unwrap();
+        let per_pipeline = TopicRole::ALL.len();
+        for i in 1..TOPICS_PER_CLIENT / per_pipeline + 1 {
+            assert!(Arc::ptr_eq(&first, &topics.client(&pipeline(i), &kube).await.unwrap()), "pipeline {i}");
+        }
+        // The same topics again never rotate the client; new ones past the bound do.
+        assert!(Arc::ptr_eq(&first, &topics.client(&pipeline(0), &kube).await.unwrap()));
+        let next = topics.client(&pipeline(100_000), &kube).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &next));
+        assert!(Arc::ptr_eq(&next, &topics.client(&pipeline(100_000), &kube).await.unwrap()));
+    }
 
     fn desired() -> DesiredTopic {
         DesiredTopic {
