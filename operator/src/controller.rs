@@ -244,8 +244,16 @@ async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Er
 
     let claimed = claimed_elsewhere(p, &ctx.pipelines);
     let topics = s.topics.reconcile(p, &s.client, &claimed).await;
+    // One event per kind of change ("created topic a; created topic b"), not one per topic.
+    let mut changes: Vec<(&str, Vec<&str>)> = vec![];
     for (reason, note) in &topics.changes {
-        publish(ctx, p, EventType::Normal, reason, note.clone()).await;
+        match changes.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, notes)) => notes.push(note),
+            None => changes.push((reason, vec![note])),
+        }
+    }
+    for (reason, notes) in changes {
+        publish(ctx, p, EventType::Normal, reason, notes.join("; ")).await;
     }
     let storage = s.storage.reconcile(p, &s.client).await;
 
