@@ -18,8 +18,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-/// mimalloc rather than glibc malloc: at 1,000 pipelines glibc kept ~25 MB of freed memory resident in its
-/// per-thread arenas (peak RSS 69 MiB against a 26 MB live heap); see docs/benchmarks.md.
+/// mimalloc rather than glibc malloc (for librdkafka's allocations too: `override`): at 1,000 pipelines glibc
+/// kept ~25 MB of freed memory resident in its per-thread arenas (peak RSS 69 MiB against a 26 MB live
+/// heap); see docs/benchmarks.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -97,6 +97,10 @@ fn publish_all(p: &dyn Publisher, r: OutRecord<'_>) {
     }
 }
 
+/// The worker binary's allocator (see `src/main.rs`), so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let bootstrap = std::env::var("CRYPTOVIZ_KAFKA_BOOTSTRAP").expect("set CRYPTOVIZ_KAFKA_BOOTSTRAP");
     let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(500_000);
