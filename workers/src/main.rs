@@ -56,8 +56,8 @@ fn load_config(path: &PathBuf) -> anyhow::Result<WorkerConfig> {
 }
 
 /// mimalloc for every allocation, librdkafka's included (`override`): with glibc malloc, records allocated by
-/// the producing thread and freed by librdkafka's threads made the scraper spend a third of its time in
-/// `_int_malloc`/`malloc_consolidate` (120k -> 247k msgs/s with mimalloc; docs/benchmarks.md).
+/// the producing thread and freed by librdkafka's threads kept that thread in `_int_malloc` and
+/// `malloc_consolidate` 70 % of its time; the scraper's throughput roughly doubled (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
