@@ -58,7 +58,7 @@ impl<K: Resource<DynamicType = ()>> Cached<K> {
         let metadata = v.get_mut("metadata").and_then(Value::as_object_mut);
         let Some(metadata) = metadata else { return Err(serde_json::Error::custom("object without metadata")) };
         metadata.remove("managedFields");
-        let full: ObjectMeta = serde_json::from_value(Value::Object(metadata.clone()))?;
+        let full = ObjectMeta::deserialize(&v["metadata"])?;
         // Only what the runtime and the reconciler read from the metadata; the rest stays in the JSON.
         let meta = ObjectMeta {
             name: full.name,
