@@ -7,6 +7,8 @@
 //! Prints messages/s (normalised messages in; each is two records, raw and stream) and the p99 of
 //! publish → broker ack. The full-speed runs measure queueing at saturation; a paced run drives the synthetic
 //! market at `PACED_RATE` messages/s (default 50000) for 10 s: the latency of the path at a sustainable rate.
+//! `SCRAPER_BENCH_PATHS=synthetic,paced,binance,discard,bare` picks paths (default all); `discard` is the
+//! Binance replay into a publisher that drops every record: the scraper's own cost per message.
 //! Publish happens in the same call that received the payload, so this is the receive → acked latency the
 //! issue asks for, minus microseconds.
 
@@ -97,6 +99,28 @@ fn publish_all(p: &dyn Publisher, r: OutRecord<'_>) {
     }
 }
 
+/// Whether a path is to run: `SCRAPER_BENCH_PATHS=binance,discard` runs those two (default: all).
+fn wanted(path: &str) -> bool {
+    std::env::var("SCRAPER_BENCH_PATHS").map_or(true, |p| p.split(',').any(|w| w.trim() == path))
+}
+
+/// A publisher that accepts and forgets every record: the scraper path without librdkafka.
+struct Discard;
+
+impl Publisher for Discard {
+    fn publish(&self, r: OutRecord<'_>) -> Result<(), cryptoviz_workers::bus::PublishError> {
+        std::hint::black_box(r);
+        Ok(())
+    }
+    fn queue_depth(&self) -> usize {
+        0
+    }
+    fn connected(&self) -> bool {
+        true
+    }
+    fn flush(&self, _: Duration) {}
+}
+
 /// The worker binary's allocator (see `src/main.rs`), so the bench measures what ships.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -120,7 +144,7 @@ fn main() {
     let mut runs = Vec::new();
 
     // 1. Synthetic market → sink → Kafka.
-    {
+    if wanted("synthetic") {
         let (p, lat) = publisher(&cfg);
         let (sink, _) = Sink::new(SourceKind::Synthetic, &cfg, p.clone(), metrics.clone());
         let mut market = Market::new(&cfg.symbols, &cfg.quote, 1);
@@ -139,7 +163,7 @@ fn main() {
 
     // 1b. The same path paced below saturation: its latency, not the queue's.
     let rate: u64 = std::env::var("PACED_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(50_000);
-    {
+    if wanted("paced") {
         let (p, lat) = publisher(&cfg);
         let (sink, _) = Sink::new(SourceKind::Synthetic, &cfg, p.clone(), metrics.clone());
         let mut market = Market::new(&cfg.symbols, &cfg.quote, 2);
@@ -173,7 +197,7 @@ fn main() {
             )
         })
         .collect();
-    {
+    if wanted("binance") {
         let (p, lat) = publisher(&cfg);
         let source = Binance::new(&cfg, &cfg.sources[0]);
         let (sink, _) = Sink::new(SourceKind::Binance, &cfg, p.clone(), metrics.clone());
@@ -187,8 +211,24 @@ fn main() {
         runs.push(finish("binance replay → kafka", &p, lat, n, start));
     }
 
+    // 2b. The same frames with no producer at all: what the scraper's own code costs per message.
+    if wanted("discard") {
+        let source = Binance::new(&cfg, &cfg.sources[0]);
+        let (sink, _) = Sink::new(SourceKind::Binance, &cfg, Arc::new(Discard), metrics.clone());
+        let start = Instant::now();
+        for f in &frames {
+            sink.frame(&source, f.as_bytes());
+        }
+        runs.push(Run {
+            name: "binance replay, no producer".into(),
+            messages: n,
+            elapsed: start.elapsed(),
+            latencies: Vec::new(),
+        });
+    }
+
     // 3. The limit: the same payload bytes, straight into the producer, two records per message.
-    {
+    if wanted("bare") {
         let (p, lat) = publisher(&cfg);
         let payload = br#"{"type":"trade","v":1,"source":"binance","symbol":"BTC","quote":"USDT","trade_id":"3515367117","price":"67187.33000000","quantity":"0.00150000","side":"sell","exchange_time":"2024-03-25T08:45:00.123Z","received_at":"2024-03-25T08:45:00.200Z"}"#;
         let headers: [(&str, &[u8]); 2] = [("cv-type", b"trade"), ("cv-source", b"binance")];

@@ -4,7 +4,9 @@
 //! is the larger of (price − min)/min and (price − max)/max; an alert fires when it crosses the threshold
 //! and re-arms only once the move falls back inside it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 
 use crate::message::Decimal;
 

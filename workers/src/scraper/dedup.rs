@@ -1,48 +1,64 @@
 //! Repeats withheld before producing: trades seen before (reconnect snapshots) and, optionally, ticks equal
 //! to the previous one. Memory is bounded: a fixed number of recent trade ids per symbol.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use crate::message::Tick;
 
 /// Recent trade ids kept per symbol: several reconnect snapshots' worth (Kraken sends 50, Binance none).
 pub const TRADE_IDS_PER_SYMBOL: usize = 10_000;
 
-/// The most recent trade ids of one symbol, oldest evicted first.
+/// The most recent trade ids of one symbol: a ring of ids, oldest overwritten first, and a hash index of
+/// ring slots. Each id is stored once, and once the ring is full a new id reuses the evicted id's buffer:
+/// no allocation per trade (this runs for every trade of every source).
 #[derive(Default)]
 struct RecentIds {
-    set: HashSet<String>,
-    order: VecDeque<String>,
+    ring: Vec<String>,
+    /// The slot overwritten next once the ring is full.
+    oldest: usize,
+    index: HashTable<usize>,
 }
 
 /// Trade dedup for one source: per symbol, the last [`TRADE_IDS_PER_SYMBOL`] ids.
 pub struct TradeDedup {
     capacity: usize,
+    hasher: DefaultHashBuilder,
     symbols: HashMap<String, RecentIds>,
 }
 
 impl TradeDedup {
     /// Keep `capacity` ids per symbol.
     pub fn new(capacity: usize) -> Self {
-        TradeDedup { capacity: capacity.max(1), symbols: HashMap::new() }
+        TradeDedup { capacity: capacity.max(1), hasher: DefaultHashBuilder::default(), symbols: HashMap::new() }
     }
 
     /// True the first time a (symbol, id) is seen within the window; false for a repeat.
     pub fn first_sighting(&mut self, symbol: &str, trade_id: &str) -> bool {
-        let recent = match self.symbols.get_mut(symbol) {
+        let RecentIds { ring, oldest, index } = match self.symbols.get_mut(symbol) {
             Some(r) => r,
-            None => self.symbols.entry(symbol.to_owned()).or_default(),
+            None => self.symbols.entry_ref(symbol).or_default(),
         };
-        if recent.set.contains(trade_id) {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(trade_id);
+        if index.find(hash, |&slot| ring[slot] == trade_id).is_some() {
             return false;
         }
-        if recent.order.len() == self.capacity
-            && let Some(old) = recent.order.pop_front()
-        {
-            recent.set.remove(&old);
-        }
-        recent.set.insert(trade_id.to_owned());
-        recent.order.push_back(trade_id.to_owned());
+        let slot = if ring.len() < self.capacity {
+            ring.push(trade_id.to_owned());
+            ring.len() - 1
+        } else {
+            let slot = *oldest;
+            *oldest = (slot + 1) % self.capacity;
+            if let Ok(entry) = index.find_entry(hasher.hash_one(&ring[slot]), |&s| s == slot) {
+                entry.remove();
+            }
+            ring[slot].clear();
+            ring[slot].push_str(trade_id);
+            slot
+        };
+        index.insert_unique(hash, slot, |&s| hasher.hash_one(&ring[s]));
         true
     }
 }
@@ -112,8 +128,15 @@ mod tests {
         }
         // "1" was evicted: the window is bounded.
         assert!(d.first_sighting("BTC", "1"));
-        assert_eq!(d.symbols["BTC"].order.len(), 3);
-        assert_eq!(d.symbols["BTC"].set.len(), 3);
+        assert_eq!(d.symbols["BTC"].ring.len(), 3);
+        assert_eq!(d.symbols["BTC"].index.len(), 3);
+        // The window now holds 3, 4, 1 (oldest first); slots are reused oldest first.
+        assert!(!d.first_sighting("BTC", "4"));
+        assert!(d.first_sighting("BTC", "5"));
+        assert!(d.first_sighting("BTC", "3"), "evicted by 5");
+        assert!(!d.first_sighting("BTC", "1"));
+        assert!(!d.first_sighting("BTC", "5"));
+        assert_eq!(d.symbols["BTC"].index.len(), 3);
     }
 
     #[test]

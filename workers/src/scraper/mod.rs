@@ -9,13 +9,15 @@ pub mod dedup;
 pub mod metrics;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use cryptoviz_crds::SourceKind;
 use cryptoviz_crds::config::WorkerConfig;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
@@ -86,6 +88,28 @@ struct Processor {
     alerts: Option<(AlertDetector, u64)>,
 }
 
+/// One source's per-message series (handles share the family's series).
+struct HotMetrics {
+    payloads_received: Counter,
+    received: Counter,
+    last_message: Gauge<f64, AtomicU64>,
+    produced_raw: Counter,
+    produced_stream: Counter,
+}
+
+impl HotMetrics {
+    fn new(m: &Metrics, source: &'static str) -> Self {
+        let role = |role| m.produced.get_or_create(&RoleLabels { source, role }).clone();
+        HotMetrics {
+            payloads_received: m.payloads_received.get_or_create(&SourceLabels { source }).clone(),
+            received: m.received.get_or_create(&SourceLabels { source }).clone(),
+            last_message: m.last_message.get_or_create(&SourceLabels { source }).clone(),
+            produced_raw: role("raw"),
+            produced_stream: role("stream"),
+        }
+    }
+}
+
 /// Where a source hands its payloads and messages. Cheap to clone (one per connection).
 #[derive(Clone)]
 pub struct Sink(Arc<SinkInner>);
@@ -93,6 +117,9 @@ pub struct Sink(Arc<SinkInner>);
 struct SinkInner {
     kind: SourceKind,
     metrics: Arc<Metrics>,
+    /// This source's series of the metrics updated for every message, looked up once: a family lookup
+    /// takes a lock and hashes the labels, several times per message otherwise.
+    hot: HotMetrics,
     publisher: Arc<dyn Publisher>,
     topics: Topics,
     status: Arc<SourceStatus>,
@@ -117,6 +144,7 @@ impl Sink {
         };
         let inner = SinkInner {
             kind,
+            hot: HotMetrics::new(&metrics, kind.as_str()),
             metrics,
             publisher,
             topics: Topics { raw: cfg.kafka.raw_topic.clone(), stream: cfg.kafka.stream_topic.clone() },
@@ -138,17 +166,17 @@ impl Sink {
     /// the source asked to reconnect.
     pub fn frame(&self, source: &dyn Source, payload: &[u8]) -> bool {
         let now = Utc::now();
-        let m = &self.0.metrics;
-        m.payloads_received.get_or_create(&self.source()).inc();
-        m.last_message.get_or_create(&self.source()).set(now.timestamp_millis() as f64 / 1000.0);
+        let hot = &self.0.hot;
+        hot.payloads_received.inc();
+        hot.last_message.set(now.timestamp_millis() as f64 / 1000.0);
         match source.parse(payload, now) {
             Ok(parsed) => {
-                self.received(parsed.messages.len() as u64);
+                hot.received.inc_by(parsed.messages.len() as u64);
                 self.emit(parsed.messages);
                 parsed.reconnect
             }
             Err(e) => {
-                m.dropped.get_or_create(&self.reason(e.reason())).inc();
+                self.0.metrics.dropped.get_or_create(&self.reason(e.reason())).inc();
                 tracing::warn!(reason = e.reason(), error = %e, bytes = payload.len(), "payload skipped");
                 false
             }
@@ -158,10 +186,10 @@ impl Sink {
     /// Count messages obtained (for the synthetic source, which has no payloads, this is also what keeps
     /// its last-message age fresh: the NoData alert and the age panel read it).
     pub fn received(&self, n: u64) {
-        let m = &self.0.metrics;
-        m.received.get_or_create(&self.source()).inc_by(n);
+        let hot = &self.0.hot;
+        hot.received.inc_by(n);
         if n > 0 {
-            m.last_message.get_or_create(&self.source()).set(Utc::now().timestamp_millis() as f64 / 1000.0);
+            hot.last_message.set(Utc::now().timestamp_millis() as f64 / 1000.0);
         }
     }
 
@@ -220,22 +248,25 @@ impl Sink {
         let payload = msg.to_json();
         let headers: [(&str, &[u8]); 2] =
             [("cv-type", msg.kind().as_bytes()), ("cv-source", self.0.kind.as_str().as_bytes())];
-        let mut roles: [Option<(&str, &'static str)>; 2] =
-            [Some((self.0.topics.raw.as_str(), "raw")), Some((self.0.topics.stream.as_str(), "stream"))];
+        let hot = &self.0.hot;
+        let mut roles: [Option<(&str, &Counter)>; 2] = [
+            Some((self.0.topics.raw.as_str(), &hot.produced_raw)),
+            Some((self.0.topics.stream.as_str(), &hot.produced_stream)),
+        ];
         if let Message::Alert(_) = msg {
             // Alerts are derived, not market data: the stream topic only.
             roles[0] = None;
             self.0.metrics.alerts.get_or_create(&self.source()).inc();
         }
-        for (topic, role) in roles.into_iter().flatten() {
+        for (topic, produced) in roles.into_iter().flatten() {
             let record = OutRecord { topic, key: msg.symbol().as_bytes(), payload: &payload, headers: &headers };
             match self.0.publisher.publish(record) {
                 Ok(()) => {
-                    self.0.metrics.produced.get_or_create(&RoleLabels { source: self.0.kind.as_str(), role }).inc();
+                    produced.inc();
                 }
                 Err(e) => {
                     self.0.metrics.dropped.get_or_create(&self.reason(e.reason())).inc();
-                    tracing::debug!(error = %e, role, "record dropped");
+                    tracing::debug!(error = %e, topic, "record dropped");
                 }
             }
         }
