@@ -79,6 +79,53 @@ struct TickerEvent<'a> {
     change_pct: Option<&'a str>,
 }
 
+/// The fields of both event kinds we read, for a single pass over a frame (the common case). Where the two
+/// kinds share a key its type is the loosest of the two; the typed structs above decide everything the
+/// fast path does not accept (see [`Binance::parse_fast`]).
+#[derive(Deserialize)]
+struct AnyEvent<'a> {
+    #[serde(rename = "e")]
+    event: &'a str,
+    #[serde(rename = "E")]
+    event_time: Option<i64>,
+    #[serde(rename = "s")]
+    symbol: Option<&'a str>,
+    #[serde(rename = "t")]
+    trade_id: Option<u64>,
+    /// The trade's price; the ticker's price change.
+    #[serde(rename = "p")]
+    price: Option<&'a str>,
+    /// The trade's quantity; the ticker's quote volume.
+    #[serde(rename = "q")]
+    quantity: Option<&'a str>,
+    #[serde(rename = "T")]
+    trade_time: Option<i64>,
+    #[serde(rename = "m")]
+    buyer_is_maker: Option<bool>,
+    #[serde(rename = "c")]
+    last: Option<&'a str>,
+    /// The ticker's best bid (older trade events carried a number here).
+    #[serde(rename = "b", borrow)]
+    bid: Option<&'a serde_json::value::RawValue>,
+    #[serde(rename = "a", borrow)]
+    ask: Option<&'a serde_json::value::RawValue>,
+    #[serde(rename = "v")]
+    volume: Option<&'a str>,
+    #[serde(rename = "P")]
+    change_pct: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct CombinedEvent<'a> {
+    #[serde(borrow)]
+    data: AnyEvent<'a>,
+}
+
+/// The text of a JSON string without escapes (Binance's numbers-as-strings never have any).
+fn plain_str(raw: &serde_json::value::RawValue) -> Option<&str> {
+    raw.get().strip_prefix('"')?.strip_suffix('"').filter(|s| !s.contains('\\'))
+}
+
 /// The Binance source.
 pub struct Binance {
     base_url: String,
@@ -128,12 +175,54 @@ impl Binance {
     }
 }
 
-impl Source for Binance {
-    fn kind(&self) -> SourceKind {
-        SourceKind::Binance
+impl Binance {
+    /// A well-formed trade or ticker in a combined-stream frame, read in one pass; `None` for anything else
+    /// (control events, bare events, bad input), which the typed path then parses or rejects with its reason.
+    /// Parsing a frame once instead of three times (envelope, event type, event) was a quarter of the
+    /// scraper's cost per message.
+    fn parse_fast(&self, frame: &[u8], received_at: DateTime<Utc>) -> Option<Message> {
+        let ev = serde_json::from_slice::<CombinedEvent>(frame).ok()?.data;
+        let (base, quote) = self.pairs.get(ev.symbol?)?;
+        let dec = |v: Option<&str>| v.map(Decimal::parse).transpose().ok();
+        match ev.event {
+            "trade" => Some(Message::Trade(Trade {
+                v: SCHEMA_VERSION,
+                source: SourceKind::Binance,
+                symbol: base.clone(),
+                quote: quote.clone(),
+                trade_id: ev.trade_id?.to_string(),
+                price: Decimal::parse(ev.price?).ok()?,
+                quantity: Decimal::parse(ev.quantity?).ok()?,
+                side: Some(if ev.buyer_is_maker? { Side::Sell } else { Side::Buy }),
+                exchange_time: super::time_from_millis(ev.trade_time?).ok()?,
+                received_at,
+            })),
+            "24hrTicker" => {
+                let (bid, ask) = (ev.bid.map(plain_str), ev.ask.map(plain_str));
+                if matches!(bid, Some(None)) || matches!(ask, Some(None)) {
+                    return None;
+                }
+                Some(Message::Tick(Tick {
+                    v: SCHEMA_VERSION,
+                    source: SourceKind::Binance,
+                    symbol: base.clone(),
+                    quote: quote.clone(),
+                    price: Decimal::parse(ev.last?).ok()?,
+                    bid: dec(bid.flatten())?,
+                    ask: dec(ask.flatten())?,
+                    volume_24h: dec(ev.volume)?,
+                    market_cap: None,
+                    change_24h_pct: dec(ev.change_pct)?,
+                    exchange_time: super::time_from_millis(ev.event_time?).ok()?,
+                    received_at,
+                }))
+            }
+            _ => None,
+        }
     }
 
-    fn parse(&self, frame: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, ParseError> {
+    /// Any frame, with the typed structs: control events, bare events, and the reason a bad frame is bad.
+    fn parse_typed(&self, frame: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, ParseError> {
         // Combined-stream frames wrap the event; control events may come bare.
         let data = match serde_json::from_slice::<Combined>(frame) {
             Ok(c) => c.data.get().as_bytes(),
@@ -181,6 +270,19 @@ impl Source for Binance {
             other => return Err(ParseError::UnexpectedShape(format!("event {other:?}"))),
         };
         Ok(vec![msg].into())
+    }
+}
+
+impl Source for Binance {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Binance
+    }
+
+    fn parse(&self, frame: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, ParseError> {
+        match self.parse_fast(frame, received_at) {
+            Some(msg) => Ok(vec![msg].into()),
+            None => self.parse_typed(frame, received_at),
+        }
     }
 
     fn run(self: Arc<Self>, sink: Sink) -> BoxFuture<'static, ()> {
@@ -241,5 +343,36 @@ mod tests {
         assert_eq!(reason(br#"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":67187.3,"q":"1","T":1,"m":true}}"#), "unexpected_shape");
         assert_eq!(reason(br#"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1,5","q":"1","T":1,"m":true}}"#), "invalid_number");
         assert_eq!(reason(br#"{"stream":"btcusdt@trade","data":{"e":"tra"#), "malformed_json");
+    }
+
+    #[test]
+    fn the_one_pass_path_agrees_with_the_typed_path_or_defers_to_it() {
+        let s = source(&["BTC"]);
+        let now = Utc::now();
+        let taken = [
+            &br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1711356300124,"s":"BTCUSDT","t":3515367117,"p":"67187.33000000","q":"0.00150000","T":1711356300123,"m":false,"M":true}}"#[..],
+            br#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1.5","q":"2","b":88,"a":50,"T":1711356300123,"m":true}}"#,
+            br#"{"stream":"btcusdt@ticker","data":{"e":"24hrTicker","E":1711356300124,"s":"BTCUSDT","p":"100.0","P":"0.150","c":"67190.01","b":"67190.00","a":"67190.02","v":"12345.678","q":"1","n":5}}"#,
+            br#"{"stream":"btcusdt@ticker","data":{"e":"24hrTicker","E":1711356300124,"s":"BTCUSDT","c":"67190.01"}}"#,
+        ];
+        for f in taken {
+            let fast = s.parse_fast(f, now).unwrap_or_else(|| panic!("one pass: {}", String::from_utf8_lossy(f)));
+            assert_eq!(vec![fast], s.parse_typed(f, now).unwrap().messages);
+        }
+        let deferred = [
+            &br#"{"e":"serverShutdown","E":1711356300124}"#[..],
+            br#"{"stream":"x","data":{"e":"serverShutdown","E":1}}"#,
+            br#"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":67187.3,"q":"1","T":1,"m":true}}"#,
+            br#"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1,5","q":"1","T":1,"m":true}}"#,
+            br#"{"stream":"btcusdt@trade","data":{"e":"trade","s":"ETHUSDT","t":1,"p":"1","q":"1","T":1,"m":true}}"#,
+            br#"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"1","q":"1","T":1}}"#,
+            br#"{"stream":"btcusdt@ticker","data":{"e":"24hrTicker","E":1,"s":"BTCUSDT","c":"1","b":"1\u0030"}}"#,
+            br#"{"stream":"btcusdt@ticker","data":{"e":"24hrTicker","E":1,"s":"BTCUSDT","c":"1","b":1}}"#,
+            br#"{"stream":"btcusdt@depth","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT"}}"#,
+            br#"{"stream":"btcusdt@trade","data":{"e":"tra"#,
+        ];
+        for f in deferred {
+            assert_eq!(s.parse_fast(f, now), None, "{}", String::from_utf8_lossy(f));
+        }
     }
 }
