@@ -1,13 +1,13 @@
 //! Scraper throughput and latency into a real Kafka: the synthetic market and a Binance-format replay at
 //! full speed through the whole path (parse → dedup → alerts → serialise → produce to raw and stream),
-//! beside a minimal rdkafka producer sending the same bytes (the limit).
+//! beside a minimal rdkafka producer sending the same bytes (the limit): the Binance replay's own payloads.
 //!
 //! `CRYPTOVIZ_KAFKA_BOOTSTRAP=host:port cargo run --release -p cryptoviz-workers --example scraper_bench [messages]`
 //!
 //! Prints messages/s (normalised messages in; each is two records, raw and stream) and the p99 of
 //! publish → broker ack. The full-speed runs measure queueing at saturation; a paced run drives the synthetic
 //! market at `PACED_RATE` messages/s (default 50000) for 10 s: the latency of the path at a sustainable rate.
-//! `SCRAPER_BENCH_PATHS=synthetic,paced,binance,discard,bare` picks paths (default all); `discard` is the
+//! `SCRAPER_BENCH_PATHS=synthetic,paced,binance,binance-paced,discard,bare` picks paths (default all); `discard` is the
 //! Binance replay into a publisher that drops every record: the scraper's own cost per message.
 //! Publish happens in the same call that received the payload, so this is the receive → acked latency the
 //! issue asks for, minus microseconds.
@@ -21,6 +21,7 @@ use cryptoviz_crds::config::WorkerConfig;
 use cryptoviz_workers::bus::kafka::{AckObserver, KafkaPublisher, ProducerMetrics, ProducerOptions, client_config};
 use cryptoviz_workers::bus::{OutRecord, Publisher};
 use cryptoviz_workers::scraper::{Metrics, Sink};
+use cryptoviz_workers::sources::Source;
 use cryptoviz_workers::sources::binance::Binance;
 use cryptoviz_workers::sources::synthetic::Market;
 use prometheus_client::registry::Registry;
@@ -90,6 +91,32 @@ fn finish(
     let elapsed = start.elapsed();
     let latencies = std::mem::take(&mut *lat.lock().unwrap());
     Run { name: name.into(), messages, elapsed, latencies }
+}
+
+/// Drive `step` (emits messages, returns how many) at `rate` messages/s for 10 s: the latency of a path below
+/// saturation, not its queue's. A new producer's first records wait for the connection, metadata and its
+/// idempotent producer id (~0.4 s), which a running scraper pays once at start-up: one warm-up step is
+/// flushed first and not counted.
+fn paced(
+    name: String,
+    rate: u64,
+    p: &KafkaPublisher,
+    lat: Arc<Mutex<Vec<Duration>>>,
+    mut step: impl FnMut() -> u64,
+) -> Run {
+    step();
+    p.flush(Duration::from_secs(30));
+    lat.lock().unwrap().clear();
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        // Catch up to the schedule, then wait for the next millisecond.
+        while sent < (start.elapsed().as_secs_f64() * rate as f64) as u64 {
+            sent += step();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    finish(name, p, lat, sent, start)
 }
 
 /// Publish without ever spinning forever: a full buffer means wait for acks (the bench wants no drops).
@@ -167,23 +194,12 @@ fn main() {
         let (p, lat) = publisher(&cfg);
         let (sink, _) = Sink::new(SourceKind::Synthetic, &cfg, p.clone(), metrics.clone());
         let mut market = Market::new(&cfg.symbols, &cfg.quote, 2);
-        // Warm up: a new producer's first records wait for the connection, metadata and its idempotent producer
-        // id (~0.4 s); a running scraper paid that once at start-up, so it is not in the measured window.
-        sink.emit(market.step(Utc::now()));
-        p.flush(Duration::from_secs(30));
-        lat.lock().unwrap().clear();
-        let start = Instant::now();
-        let mut sent = 0;
-        while start.elapsed() < Duration::from_secs(10) {
-            // Catch up to the schedule, then wait for the next millisecond.
-            while sent < (start.elapsed().as_secs_f64() * rate as f64) as u64 {
-                let batch = market.step(Utc::now());
-                sent += batch.len() as u64;
-                sink.emit(batch);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        runs.push(finish(format!("synthetic paced {rate}/s"), &p, lat, sent, start));
+        runs.push(paced(format!("synthetic paced {rate}/s"), rate, &p, lat, || {
+            let batch = market.step(Utc::now());
+            let n = batch.len() as u64;
+            sink.emit(batch);
+            n
+        }));
     }
 
     // 2. Binance frames → parse → sink → Kafka (trade ids unique so dedup passes everything).
@@ -211,6 +227,18 @@ fn main() {
         runs.push(finish("binance replay → kafka", &p, lat, n, start));
     }
 
+    // 2a. The Binance replay paced like 1b (frames reused in a cycle: ids repeat only far beyond dedup's window).
+    if wanted("binance-paced") {
+        let (p, lat) = publisher(&cfg);
+        let source = Binance::new(&cfg, &cfg.sources[0]);
+        let (sink, _) = Sink::new(SourceKind::Binance, &cfg, p.clone(), metrics.clone());
+        let mut next = frames.iter().cycle();
+        runs.push(paced(format!("binance paced {rate}/s"), rate, &p, lat, || {
+            sink.frame(&source, next.next().expect("frames").as_bytes());
+            1
+        }));
+    }
+
     // 2b. The same frames with no producer at all: what the scraper's own code costs per message.
     if wanted("discard") {
         let source = Binance::new(&cfg, &cfg.sources[0]);
@@ -227,16 +255,22 @@ fn main() {
         });
     }
 
-    // 3. The limit: the same payload bytes, straight into the producer, two records per message.
+    // 3. The limit: the bytes the Binance replay produced (its payloads, made before the clock starts),
+    // straight into the producer, two records per message.
     if wanted("bare") {
+        let source = Binance::new(&cfg, &cfg.sources[0]);
+        let payloads: Vec<(String, Vec<u8>)> = frames
+            .iter()
+            .flat_map(|f| source.parse(f.as_bytes(), Utc::now()).expect("bench frame").messages)
+            .map(|m| (m.symbol().to_owned(), m.to_json()))
+            .collect();
+        drop(frames);
         let (p, lat) = publisher(&cfg);
-        let payload = br#"{"type":"trade","v":1,"source":"binance","symbol":"BTC","quote":"USDT","trade_id":"3515367117","price":"67187.33000000","quantity":"0.00150000","side":"sell","exchange_time":"2024-03-25T08:45:00.123Z","received_at":"2024-03-25T08:45:00.200Z"}"#;
         let headers: [(&str, &[u8]); 2] = [("cv-type", b"trade"), ("cv-source", b"binance")];
         let start = Instant::now();
-        for i in 0..n {
-            let key = [b"BTC".as_slice(), b"ETH", b"SOL", b"BNB"][(i % 4) as usize];
+        for (key, payload) in &payloads {
             for topic in [&raw, &stream] {
-                publish_all(p.as_ref(), OutRecord { topic, key, payload, headers: &headers });
+                publish_all(p.as_ref(), OutRecord { topic, key: key.as_bytes(), payload, headers: &headers });
             }
         }
         runs.push(finish("raw rdkafka (same bytes)", &p, lat, n, start));
