@@ -403,8 +403,9 @@ mod tests {
         r#"{"type":"trade","v":1,"source":"synthetic","symbol":"BTC","quote":"USD","trade_id":"1","price":"1.5","quantity":"2","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#,
     ];
 
-    /// Stands in for `cargo fuzz` (no cargo-fuzz here): 100 000 seeded mutations of real frames through
-    /// every parser. Any panic fails the test; errors are the expected outcome for most inputs.
+    /// A fast, deterministic complement to the cargo-fuzz targets (`workers/fuzz`, run by `tests/fuzz`):
+    /// 100 000 seeded mutations of real frames through every parser, on the stable toolchain. Any panic
+    /// fails the test; errors are the expected outcome for most inputs.
     #[test]
     fn parsers_never_panic_on_mutated_frames() {
         let cfg = test_config(&["BTC", "ETH"]);

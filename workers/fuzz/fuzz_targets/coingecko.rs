@@ -1,0 +1,5 @@
+#![no_main]
+//! The Coingecko parser on arbitrary payloads.
+libfuzzer_sys::fuzz_target!(|payload: &[u8]| {
+    cryptoviz_workers_fuzz::source_payload(cryptoviz_crds::SourceKind::Coingecko, payload)
+});
