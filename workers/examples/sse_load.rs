@@ -76,8 +76,16 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Deliveries counted by a share of the clients, on a cache line of its own, and their sampled latencies.
+#[repr(align(64))]
+#[derive(Default)]
+struct Tally {
+    deliveries: AtomicU64,
+    latencies: std::sync::Mutex<Vec<i64>>,
+}
+
 /// One client: counts events; when `sample`, records latency from the `timestamp` field.
-async fn client(addr: String, deliveries: Arc<AtomicU64>, latencies: Option<Arc<std::sync::Mutex<Vec<i64>>>>) {
+async fn client(addr: String, tally: Arc<Tally>, sample: bool) {
     let mut s = loop {
         match TcpStream::connect(&addr).await {
             Ok(s) => break s,
@@ -85,34 +93,37 @@ async fn client(addr: String, deliveries: Arc<AtomicU64>, latencies: Option<Arc<
         }
     };
     s.write_all(b"GET /stream?types=tick HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut tail = Vec::new();
+    // Events are counted by their `id:` lines; a line split across reads is carried over in `buf`.
+    let mut buf = vec![0u8; 4096];
+    let mut kept = 0;
     loop {
-        let n = match s.read(&mut buf).await {
+        if kept == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match s.read(&mut buf[kept..]).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let recv_ms = now_ms();
-        // Events are counted by their `id:` lines; a line split across reads is stitched with the tail.
-        tail.extend_from_slice(&buf[..n]);
-        let mut consumed = 0;
-        while let Some(pos) = memchr(b'\n', &tail[consumed..]) {
-            let line = &tail[consumed..consumed + pos];
+        let recv_ms = if sample { now_ms() } else { 0 };
+        let data = &buf[..kept + n];
+        let mut line_start = 0;
+        let mut events = 0;
+        for nl in memchr::memchr_iter(b'\n', data) {
+            let line = &data[line_start..nl];
             if line.starts_with(b"id: ") {
-                deliveries.fetch_add(1, Ordering::Relaxed);
-            } else if let (Some(l), true) = (&latencies, line.starts_with(b"data: {\"type\":\"crypto_update\"")) {
-                if let Some(t) = find_timestamp(line) {
-                    l.lock().unwrap().push(recv_ms - t);
-                }
+                events += 1;
+            } else if sample
+                && line.starts_with(b"data: {\"type\":\"crypto_update\"")
+                && let Some(t) = find_timestamp(line)
+            {
+                tally.latencies.lock().unwrap().push(recv_ms - t);
             }
-            consumed += pos + 1;
+            line_start = nl + 1;
         }
-        tail.drain(..consumed);
+        tally.deliveries.fetch_add(events, Ordering::Relaxed);
+        kept = data.len() - line_start;
+        buf.copy_within(line_start..line_start + kept, 0);
     }
-}
-
-fn memchr(b: u8, s: &[u8]) -> Option<usize> {
-    s.iter().position(|&c| c == b)
 }
 
 fn find_timestamp(line: &[u8]) -> Option<i64> {
@@ -129,21 +140,29 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// CPU time (user + system, clock ticks) of this process so far.
+fn own_cpu() -> u64 {
+    proc_usage(std::process::id()).0
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
     let tck = 100.0; // USER_HZ
     let (_, rss0) = proc_usage(a.pid);
-    let deliveries = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    // Latency from 1 client in 50 keeps the load tool's own parsing off the gateway's CPU budget.
+    // Clients count into one of several tallies, each on a cache line of its own: the runtime's threads
+    // rarely touch the same counter.
+    let tallies: Vec<Arc<Tally>> = (0..16).map(|_| Arc::new(Tally::default())).collect();
     for i in 0..a.clients {
-        let l = (i % 50 == 0).then(|| latencies.clone());
-        tokio::spawn(client(a.gateway.clone(), deliveries.clone(), l));
+        // Latency from 1 client in 50 keeps the load tool's own parsing small.
+        tokio::spawn(client(a.gateway.clone(), tallies[i % tallies.len()].clone(), i % 50 == 0));
         if i % 500 == 499 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    let deliveries = || tallies.iter().map(|t| t.deliveries.load(Ordering::Relaxed)).sum::<u64>();
+    let take_latencies =
+        || tallies.iter().flat_map(|t| std::mem::take(&mut *t.latencies.lock().unwrap())).collect::<Vec<_>>();
     // Wait for every client to be connected (the gateway's own count).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -169,8 +188,9 @@ async fn main() {
         ClientConfig::new().set("bootstrap.servers", &a.bootstrap).set("linger.ms", "1").create().expect("producer");
     let symbols = ["BTC", "ETH", "SOL", "XRP", "ADA", "DOGE", "BNB", "DOT", "LTC", "AVAX"];
     let (cpu0, _) = proc_usage(a.pid);
-    let d0 = deliveries.load(Ordering::Relaxed);
-    latencies.lock().unwrap().clear();
+    let own0 = own_cpu();
+    let d0 = deliveries();
+    take_latencies();
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / a.rate as f64);
     let mut next = Instant::now();
@@ -194,8 +214,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let secs = start.elapsed().as_secs_f64();
     let (cpu1, rss_load) = proc_usage(a.pid);
-    let d = deliveries.load(Ordering::Relaxed) - d0;
-    let mut l = latencies.lock().unwrap().clone();
+    let own1 = own_cpu();
+    let d = deliveries() - d0;
+    let mut l = take_latencies();
     l.sort_unstable();
     println!("produced {sent} events at {} /s for {:.1} s", a.rate, secs);
     println!("deliveries: {d} ({:.0} /s; expected {} /s)", d as f64 / secs, a.rate as usize * a.clients);
@@ -207,9 +228,10 @@ async fn main() {
         l.last().copied().unwrap_or(-1)
     );
     println!(
-        "gateway CPU {:.0} % of one core; RSS under load {} KiB",
+        "gateway CPU {:.0} % of one core; RSS under load {} KiB; load generator CPU {:.0} % of one core",
         (cpu1 - cpu0) as f64 / tck / secs * 100.0,
-        rss_load
+        rss_load,
+        (own1 - own0) as f64 / tck / secs * 100.0
     );
     println!("gateway stats: {}", http_get(&a.gateway, "/stats").await);
     std::process::exit(0);
