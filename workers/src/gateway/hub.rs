@@ -153,8 +153,13 @@ pub struct ClientSlot {
 /// The fan-out hub.
 pub struct Hub {
     state: RwLock<State>,
+    /// Changes when events are appended, a heartbeat is published or the hub shuts down: the one channel
+    /// a client waits on (one waiter registration per wake-up, not one per kind of news).
     seq_tx: watch::Sender<u64>,
-    heartbeat_tx: watch::Sender<Bytes>,
+    /// The latest heartbeat frame and its generation (clients compare generations, a relaxed load).
+    heartbeat: RwLock<Bytes>,
+    heartbeat_gen: AtomicU64,
+    down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     clients: Mutex<HashMap<u64, Arc<ClientSlot>>>,
     next_client: AtomicU64,
@@ -218,7 +223,9 @@ impl Hub {
                 latest: BTreeMap::new(),
             }),
             seq_tx: watch::channel(0).0,
-            heartbeat_tx: watch::channel(Bytes::new()).0,
+            heartbeat: RwLock::new(Bytes::new()),
+            heartbeat_gen: AtomicU64::new(0),
+            down: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
             clients: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(0),
@@ -385,14 +392,29 @@ impl Hub {
         Ok(st.first_seq + end as u64)
     }
 
-    /// A receiver that changes whenever events are appended.
+    /// A receiver that changes whenever events are appended, a heartbeat is published or the hub shuts down.
     pub fn watch_seq(&self) -> watch::Receiver<u64> {
         self.seq_tx.subscribe()
     }
 
-    /// A receiver of heartbeat frames.
-    pub fn watch_heartbeat(&self) -> watch::Receiver<Bytes> {
-        self.heartbeat_tx.subscribe()
+    /// The generation of the latest heartbeat (start a client's [`Hub::heartbeat_since`] from it).
+    pub fn heartbeat_generation(&self) -> u64 {
+        self.heartbeat_gen.load(Ordering::Acquire)
+    }
+
+    /// The latest heartbeat frame when it is newer than `seen` (which it then updates).
+    pub fn heartbeat_since(&self, seen: &mut u64) -> Option<Bytes> {
+        let now = self.heartbeat_gen.load(Ordering::Acquire);
+        if now == *seen {
+            return None;
+        }
+        *seen = now;
+        Some(self.heartbeat.read().expect("heartbeat lock").clone())
+    }
+
+    /// Whether the hub is shutting down.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
     }
 
     /// A receiver that turns true when the gateway shuts down.
@@ -402,7 +424,9 @@ impl Hub {
 
     /// Tell every client to reconnect elsewhere and end their streams.
     pub fn shutdown(&self) {
+        self.down.store(true, Ordering::Release);
         self.shutdown_tx.send_replace(true);
+        self.seq_tx.send_modify(|_| {});
     }
 
     fn drop_slot(&self, slot: &ClientSlot) {
@@ -441,7 +465,9 @@ impl Hub {
             "data: {{\"type\":\"heartbeat\",\"data\":{}}}\n\n",
             serde_json::to_string(&self.stats()).expect("stats serialise")
         );
-        self.heartbeat_tx.send_replace(Bytes::from(frame));
+        *self.heartbeat.write().expect("heartbeat lock") = Bytes::from(frame);
+        self.heartbeat_gen.fetch_add(1, Ordering::AcqRel);
+        self.seq_tx.send_modify(|_| {});
     }
 
     /// Counters for `/stats` and heartbeats.
@@ -528,6 +554,28 @@ mod tests {
             "exchange_time":"2024-01-01T00:00:00Z","received_at":"2024-01-01T00:00:00Z"}}"#
         );
         Record { topic: "t".into(), partition: p, offset, key: None, payload: Bytes::from(json), timestamp_ms: 0 }
+    }
+
+    #[tokio::test]
+    async fn one_channel_wakes_clients_for_events_heartbeats_and_shutdown() {
+        let h = hub(100, 100);
+        h.start_partitions(&[(0, 0)]);
+        let mut rx = h.watch_seq();
+        let mut seen = h.heartbeat_generation();
+        assert_eq!(h.heartbeat_since(&mut seen), None, "a new client gets no old heartbeat");
+        let woken =
+            |rx: &mut watch::Receiver<u64>| futures::FutureExt::now_or_never(rx.changed()).is_some_and(|r| r.is_ok());
+        assert!(!woken(&mut rx));
+        h.ingest(&rec(0, 0, "BTC"));
+        assert!(woken(&mut rx), "an event wakes");
+        h.beat();
+        assert!(woken(&mut rx), "a heartbeat wakes");
+        let beat = h.heartbeat_since(&mut seen).expect("the new heartbeat");
+        assert!(beat.starts_with(b"data: {\"type\":\"heartbeat\""));
+        assert_eq!(h.heartbeat_since(&mut seen), None, "once");
+        assert!(!h.is_down());
+        h.shutdown();
+        assert!(woken(&mut rx) && h.is_down(), "shutdown wakes");
     }
 
     #[test]

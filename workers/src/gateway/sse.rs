@@ -192,8 +192,7 @@ pub async fn stream(
     greeting.push_back(Bytes::from(head));
 
     let conn = Conn {
-        hb_rx: hub.watch_heartbeat(),
-        down_rx: hub.watch_shutdown(),
+        hb_seen: hub.heartbeat_generation(),
         hub,
         filter,
         next: sub.next_seq,
@@ -227,8 +226,8 @@ struct Conn {
     floor: Option<Cursor>,
     batch: VecDeque<Arc<Event>>,
     seq_rx: watch::Receiver<u64>,
-    hb_rx: watch::Receiver<Bytes>,
-    down_rx: watch::Receiver<bool>,
+    /// Generation of the last heartbeat sent (or current at connect).
+    hb_seen: u64,
     greeting: VecDeque<Bytes>,
     done: bool,
     guard: ClientGuard,
@@ -246,7 +245,7 @@ impl Conn {
             if self.done {
                 return None;
             }
-            if *self.down_rx.borrow_and_update() {
+            if self.hub.is_down() {
                 self.done = true;
                 let frame = format!(
                     "retry: {}\ndata: {{\"type\":\"shutdown\",\"data\":{{\"reason\":\"server shutting down, reconnect\"}}}}\n\n",
@@ -287,16 +286,12 @@ impl Conn {
             if !self.batch.is_empty() {
                 continue;
             }
-            tokio::select! {
-                biased;
-                r = self.down_rx.changed() => if r.is_err() { return None },
-                r = self.seq_rx.changed() => if r.is_err() { return None },
-                r = self.hb_rx.changed() => {
-                    if r.is_err() {
-                        return None;
-                    }
-                    return Some(self.hb_rx.borrow_and_update().clone());
-                }
+            if let Some(beat) = self.hub.heartbeat_since(&mut self.hb_seen) {
+                return Some(beat);
+            }
+            // Events, a heartbeat or shutdown: checked above on the way round.
+            if self.seq_rx.changed().await.is_err() {
+                return None;
             }
         }
     }
