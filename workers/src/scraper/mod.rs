@@ -358,7 +358,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 // Metadata requests block: off the runtime's threads, every 5 s or while disconnected.
-                if n % 5 == 0 || !publisher.connected() {
+                if n.is_multiple_of(5) || !publisher.connected() {
                     let p = publisher.clone();
                     let _ = tokio::task::spawn_blocking(move || p.probe(Duration::from_secs(2))).await;
                 }
