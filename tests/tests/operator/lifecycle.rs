@@ -116,7 +116,9 @@ async fn editing_the_spec_rolls_the_pods() {
     .await;
     assert_ne!(before, after);
     let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
-    wait_for("a second ReplicaSet (the rollout)", Duration::from_secs(30), || async {
+    // The ReplicaSet is kube-controller-manager's work, queued behind every other test's objects: one CI run
+    // under load took more than 30 s (a wait on the condition, so only a real failure pays the longer bound).
+    wait_for("a second ReplicaSet (the rollout)", Duration::from_secs(90), || async {
         let rs = replicasets.list(&ListParams::default().labels("app.kubernetes.io/component=scraper")).await.ok()?;
         (rs.items.len() >= 2).then_some(())
     })
