@@ -159,7 +159,9 @@ pub struct Hub {
     /// The latest heartbeat frame and its generation (clients compare generations, a relaxed load).
     heartbeat: RwLock<Bytes>,
     heartbeat_gen: AtomicU64,
+    /// Shutdown as clients read it on every wake-up (a relaxed load, no lock).
     down: AtomicBool,
+    /// Shutdown for the housekeeping task, which must not wake on every event.
     shutdown_tx: watch::Sender<bool>,
     clients: Mutex<HashMap<u64, Arc<ClientSlot>>>,
     next_client: AtomicU64,
