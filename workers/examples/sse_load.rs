@@ -27,6 +27,8 @@ struct Args {
     clients: usize,
     rate: u64,
     seconds: u64,
+    /// Reader threads (each an epoll loop over its share of the clients).
+    threads: usize,
 }
 
 fn args() -> Args {
@@ -38,6 +40,7 @@ fn args() -> Args {
         clients: 1000,
         rate: 200,
         seconds: 20,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -50,6 +53,7 @@ fn args() -> Args {
             "--clients" => a.clients = v.parse().unwrap(),
             "--rate" => a.rate = v.parse().unwrap(),
             "--seconds" => a.seconds = v.parse().unwrap(),
+            "--threads" => a.threads = v.parse().unwrap(),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -76,53 +80,110 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Deliveries counted by a share of the clients, on a cache line of its own, and their sampled latencies.
-#[repr(align(64))]
+/// One reader thread's tallies: deliveries and sampled latencies, touched by that thread only until the end.
 #[derive(Default)]
 struct Tally {
     deliveries: AtomicU64,
     latencies: std::sync::Mutex<Vec<i64>>,
 }
 
-/// One client: counts events; when `sample`, records latency from the `timestamp` field.
-async fn client(addr: String, tally: Arc<Tally>, sample: bool) {
-    let mut s = loop {
-        match TcpStream::connect(&addr).await {
-            Ok(s) => break s,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    s.write_all(b"GET /stream?types=tick HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n\r\n").await.unwrap();
-    // Events are counted by their `id:` lines; a line split across reads is carried over in `buf`.
-    let mut buf = vec![0u8; 4096];
-    let mut kept = 0;
-    loop {
-        if kept == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = match s.read(&mut buf[kept..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let recv_ms = if sample { now_ms() } else { 0 };
-        let data = &buf[..kept + n];
-        let mut line_start = 0;
-        let mut events = 0;
-        for nl in memchr::memchr_iter(b'\n', data) {
-            let line = &data[line_start..nl];
-            if line.starts_with(b"id: ") {
-                events += 1;
-            } else if sample
-                && line.starts_with(b"data: {\"type\":\"crypto_update\"")
-                && let Some(t) = find_timestamp(line)
-            {
-                tally.latencies.lock().unwrap().push(recv_ms - t);
+/// One client's connection and its partial last line.
+struct Client {
+    stream: mio::net::TcpStream,
+    buf: Vec<u8>,
+    kept: usize,
+    sample: bool,
+}
+
+/// Connect `n` clients (blocking connects, one after the other), send each its request and hand it to one of
+/// the reader threads. A client is a socket in an epoll set, not a task: the load generator's own cost per
+/// delivery is the kernel's `read` and a line scan, so it takes as little of the shared cores as it can.
+fn spawn_clients(addr: &str, n: usize, threads: usize) -> Vec<Arc<Tally>> {
+    let mut sets: Vec<Vec<Client>> = (0..threads).map(|_| Vec::new()).collect();
+    for i in 0..n {
+        let mut s = loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
-            line_start = nl + 1;
+        };
+        std::io::Write::write_all(
+            &mut s,
+            b"GET /stream?types=tick HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .expect("request");
+        s.set_nonblocking(true).expect("non-blocking");
+        // Latency from 1 client in 50 keeps the load tool's own parsing small.
+        sets[i % threads].push(Client {
+            stream: mio::net::TcpStream::from_std(s),
+            buf: vec![0u8; 4096],
+            kept: 0,
+            sample: i % 50 == 0,
+        });
+    }
+    sets.into_iter()
+        .map(|mut clients| {
+            let tally = Arc::new(Tally::default());
+            let t = tally.clone();
+            let poll = mio::Poll::new().expect("epoll");
+            for (i, c) in clients.iter_mut().enumerate() {
+                poll.registry().register(&mut c.stream, mio::Token(i), mio::Interest::READABLE).expect("register");
+            }
+            std::thread::spawn(move || read_loop(poll, clients, &t));
+            tally
+        })
+        .collect()
+}
+
+/// Read every ready socket until it would block; count events by their `id:` lines.
+fn read_loop(mut poll: mio::Poll, mut clients: Vec<Client>, tally: &Tally) {
+    let mut events = mio::Events::with_capacity(1024);
+    let mut latencies = Vec::new();
+    loop {
+        if poll.poll(&mut events, Some(Duration::from_millis(100))).is_err() {
+            continue;
         }
-        tally.deliveries.fetch_add(events, Ordering::Relaxed);
-        kept = data.len() - line_start;
-        buf.copy_within(line_start..line_start + kept, 0);
+        let mut delivered = 0;
+        for ev in &events {
+            let c = &mut clients[ev.token().0];
+            loop {
+                if c.kept == c.buf.len() {
+                    c.buf.resize(c.buf.len() * 2, 0);
+                }
+                let n = match std::io::Read::read(&mut c.stream, &mut c.buf[c.kept..]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                let recv_ms = if c.sample { now_ms() } else { 0 };
+                let data = &c.buf[..c.kept + n];
+                let mut line_start = 0;
+                for nl in memchr::memchr_iter(b'\n', data) {
+                    let line = &data[line_start..nl];
+                    if line.starts_with(b"id: ") {
+                        delivered += 1;
+                    } else if c.sample
+                        && line.starts_with(b"data: {\"type\":\"crypto_update\"")
+                        && let Some(t) = find_timestamp(line)
+                    {
+                        latencies.push(recv_ms - t);
+                    }
+                    line_start = nl + 1;
+                }
+                c.kept = data.len() - line_start;
+                c.buf.copy_within(line_start..line_start + c.kept, 0);
+                if n < c.buf.len() - c.kept {
+                    break; // a short read: the socket is drained (edge-triggered, no need to read WouldBlock)
+                }
+            }
+        }
+        if delivered > 0 {
+            tally.deliveries.fetch_add(delivered, Ordering::Relaxed);
+        }
+        if !latencies.is_empty() {
+            tally.latencies.lock().unwrap().append(&mut latencies);
+        }
     }
 }
 
@@ -145,21 +206,13 @@ fn own_cpu() -> u64 {
     proc_usage(std::process::id()).0
 }
 
-#[tokio::main]
+// The runtime only produces and polls `/stats`: the clients have their own threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = args();
     let tck = 100.0; // USER_HZ
     let (_, rss0) = proc_usage(a.pid);
-    // Clients count into one of several tallies, each on a cache line of its own: the runtime's threads
-    // rarely touch the same counter.
-    let tallies: Vec<Arc<Tally>> = (0..16).map(|_| Arc::new(Tally::default())).collect();
-    for i in 0..a.clients {
-        // Latency from 1 client in 50 keeps the load tool's own parsing small.
-        tokio::spawn(client(a.gateway.clone(), tallies[i % tallies.len()].clone(), i % 50 == 0));
-        if i % 500 == 499 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let tallies = spawn_clients(&a.gateway, a.clients, a.threads);
     let deliveries = || tallies.iter().map(|t| t.deliveries.load(Ordering::Relaxed)).sum::<u64>();
     let take_latencies =
         || tallies.iter().flat_map(|t| std::mem::take(&mut *t.latencies.lock().unwrap())).collect::<Vec<_>>();
