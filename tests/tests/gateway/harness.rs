@@ -275,6 +275,8 @@ pub struct Client {
     reader: BufReader<TcpStream>,
     chunked: bool,
     chunk_left: usize,
+    /// `content-length`, when given: the body ends after that many bytes, as it does for a browser.
+    length_left: Option<usize>,
     buf: String,
 }
 
@@ -309,7 +311,8 @@ impl Client {
             hs.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
         let chunked = hs.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-        Client { status, headers: hs, reader, chunked, chunk_left: 0, buf: String::new() }
+        let length_left = hs.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok());
+        Client { status, headers: hs, reader, chunked, chunk_left: 0, length_left, buf: String::new() }
     }
 
     /// A response header.
@@ -336,13 +339,23 @@ impl Client {
                 return None;
             }
         }
-        let mut buf = vec![0u8; if self.chunked { self.chunk_left.min(64 * 1024) } else { 64 * 1024 }];
+        let mut want = if self.chunked { self.chunk_left.min(64 * 1024) } else { 64 * 1024 };
+        if let Some(left) = self.length_left {
+            if left == 0 {
+                return None;
+            }
+            want = want.min(left);
+        }
+        let mut buf = vec![0u8; want];
         let n = self.reader.read(&mut buf).await.ok()?;
         if n == 0 {
             return None;
         }
         if self.chunked {
             self.chunk_left -= n;
+        }
+        if let Some(left) = &mut self.length_left {
+            *left -= n;
         }
         Some(String::from_utf8(buf[..n].to_vec()).expect("utf-8 events"))
     }

@@ -3,13 +3,18 @@
 //! - [`hub`]: the transport-independent core (replay ring, cursors, slow-client sweep), fed by any
 //!   `Stream<Item = bus::Record>`.
 //! - [`kafka`]: the Kafka tail — every replica reads every partition (`assign`, no consumer group).
-//! - [`sse`]: `GET /stream` per client; [`payload`]: what clients receive; [`auth`]: optional HS256 JWTs.
+//! - [`sse`]: `GET /stream` admission and each client's frames; [`payload`]: what clients receive;
+//!   [`auth`]: optional HS256 JWTs.
+//! - [`handoff`] and [`fanout`]: stream connections are taken off the HTTP server and written by one
+//!   shard per core, so an event costs one `writev` per client and nothing else.
 //!
-//! The gateway runs its own accept loop rather than [`crate::server::serve`] so that it can close the
-//! connection of a client whose socket stopped draining (its body is never polled again, so nothing inside
-//! the response can notice). Event format, ids and resume: `docs/gateway.md`.
+//! The gateway runs its own accept loop rather than [`crate::server::serve`]: it reads each connection's
+//! first request itself to hand stream connections over, and it closes the connection of a client whose
+//! socket stopped draining. Event format, ids and resume: `docs/gateway.md`.
 
 pub mod auth;
+pub mod fanout;
+pub mod handoff;
 pub mod hub;
 pub mod kafka;
 pub mod metrics;
@@ -120,6 +125,7 @@ pub async fn serve(
     let (drain_tx, drain_rx) = watch::channel(false);
     // Each connection holds a sender; `recv` returns `None` once all of them are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let fanout = fanout::Fanout::start(hub.clone())?;
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => break,
@@ -140,19 +146,38 @@ pub async fn serve(
         let app = app.clone();
         let mut drain = drain_rx.clone();
         let done = done_tx.clone();
+        let fanout = fanout.clone();
         tokio::spawn(async move {
             let _done = done;
+            let mut stream = stream;
             let kill = Arc::new(Notify::new());
             let conn_kill = sse::ConnKill(kill.clone());
+            let pre = match handoff::read_first(&mut stream).await {
+                None => return,
+                Some(handoff::First::Other(pre)) => pre,
+                Some(handoff::First::Stream(mut req)) => {
+                    req.extensions_mut().insert(conn_kill);
+                    let Ok(resp) = app.clone().call(*req).await;
+                    let conn = resp.extensions().get::<sse::Handoff>().and_then(|h| h.0.lock().ok()?.take());
+                    match conn {
+                        Some(conn) => fanout.run(stream, handoff::stream_head(&resp), conn, kill).await,
+                        None => handoff::write_response(stream, resp).await,
+                    }
+                    return;
+                }
+            };
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(conn_kill.clone());
                 app.clone().call(req)
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            // One request per connection: a `/stream` request must be the first on its connection to be
+            // handed over, and the other routes are cheap to reconnect to.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(handoff::Rewind::new(pre, stream)), svc);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => return,
-                // Dropping the connection closes the socket of a client that stopped reading.
                 _ = kill.notified() => return,
                 _ = drain.wait_for(|d| *d) => conn.as_mut().graceful_shutdown(),
             }

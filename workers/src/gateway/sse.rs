@@ -1,9 +1,13 @@
 //! `GET /stream`: one Server-Sent Events stream per client, reading the hub's shared frames.
+//!
+//! The handler checks the request (auth, filters, admission) and builds the client's [`Conn`]; the response
+//! carries it as a [`Handoff`] and no body. The gateway's accept loop then writes the response head itself
+//! and gives the socket and the `Conn` to a writer shard ([`super::fanout`]), which writes every client's
+//! frames without a task or an HTTP connection per client.
 
 use std::collections::{HashSet, VecDeque};
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -11,7 +15,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use super::Gateway;
 use super::hub::{ClientGuard, Cursor, Event, Hub};
@@ -20,6 +23,11 @@ use super::payload::Kind;
 /// Set by the accept loop on every request: notified to close the connection of a client that fell behind.
 #[derive(Clone)]
 pub struct ConnKill(pub Arc<tokio::sync::Notify>);
+
+/// The extension on a `/stream` response that admitted a client: the client's stream, for the accept loop
+/// to hand to a writer shard. (A response extension must be `Clone`; the `Conn` is taken once.)
+#[derive(Clone)]
+pub struct Handoff(pub Arc<Mutex<Option<Conn>>>);
 
 /// Query parameters of `/stream`.
 #[derive(Deserialize, Debug, Default)]
@@ -135,8 +143,6 @@ pub async fn stream(
         .or(q.last_event_id)
         .filter(|s| !s.trim().is_empty());
     let hub = gw.hub.clone();
-    // Subscribe to wake-ups before reading the position, so nothing appended in between is missed.
-    let seq_rx = hub.watch_seq();
     let sub = hub.subscribe(last_id.as_deref().map(Cursor::parse), &guard.slot);
 
     let retry = hub.opts.retry_ms;
@@ -198,34 +204,41 @@ pub async fn stream(
         next: sub.next_seq,
         floor: sub.floor,
         batch: VecDeque::new(),
-        seq_rx,
         greeting,
         done: false,
         guard,
     };
-    let body = futures::stream::unfold(conn, |mut c| async move {
-        let chunk = c.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), c))
-    });
-    (
+    let mut r = (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
         ],
-        Body::from_stream(body),
+        Body::empty(),
     )
-        .into_response()
+        .into_response();
+    r.extensions_mut().insert(Handoff(Arc::new(Mutex::new(Some(conn)))));
+    r
 }
 
-/// One client's position and filter; yields the frames to write.
-struct Conn {
+/// What [`Conn::fill`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// Frames were added.
+    Frames,
+    /// Nothing to send until the hub's sequence changes.
+    Idle,
+    /// The stream is over (shutdown sent, or the client fell behind its bound): close after what is queued.
+    End,
+}
+
+/// One client's position and filter; produces the frames to write.
+pub struct Conn {
     hub: Arc<Hub>,
     filter: Filter,
     next: u64,
     floor: Option<Cursor>,
     batch: VecDeque<Arc<Event>>,
-    seq_rx: watch::Receiver<u64>,
     /// Generation of the last heartbeat sent (or current at connect).
     hb_seen: u64,
     greeting: VecDeque<Bytes>,
@@ -237,22 +250,25 @@ struct Conn {
 const BATCH: usize = 64;
 
 impl Conn {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// Append the frames due to this client (up to one ring read's worth) to `out`.
+    pub fn fill(&mut self, out: &mut VecDeque<Bytes>) -> Fill {
+        let before = out.len();
+        out.extend(self.greeting.drain(..));
+        if self.done {
+            return if out.len() > before { Fill::Frames } else { Fill::End };
+        }
+        if self.hub.is_down() {
+            self.done = true;
+            out.push_back(Bytes::from(format!(
+                "retry: {}\ndata: {{\"type\":\"shutdown\",\"data\":{{\"reason\":\"server shutting down, reconnect\"}}}}\n\n",
+                self.hub.opts.retry_ms
+            )));
+            return Fill::Frames;
+        }
         loop {
-            if let Some(b) = self.greeting.pop_front() {
-                return Some(b);
-            }
-            if self.done {
-                return None;
-            }
-            if self.hub.is_down() {
-                self.done = true;
-                let frame = format!(
-                    "retry: {}\ndata: {{\"type\":\"shutdown\",\"data\":{{\"reason\":\"server shutting down, reconnect\"}}}}\n\n",
-                    self.hub.opts.retry_ms
-                );
-                return Some(Bytes::from(frame));
-            }
+            let mut delivered = 0;
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let m = &self.hub.metrics;
             while let Some(ev) = self.batch.pop_front() {
                 self.guard.slot.pos.store(ev.seq + 1, Ordering::Relaxed);
                 if !self.filter.matches(&ev) {
@@ -268,31 +284,36 @@ impl Conn {
                     }
                     Some(floor) => ev.frame_with_id(&ev.cursor.max(floor)),
                 };
-                let m = &self.hub.metrics;
-                m.deliveries.inc();
+                out.push_back(frame);
+                delivered += 1;
                 if ev.time_ms > 0 {
-                    let lag = (chrono::Utc::now().timestamp_millis() - ev.time_ms).max(0);
-                    m.latency.observe(lag as f64 / 1000.0);
+                    m.latency.observe((now_ms - ev.time_ms).max(0) as f64 / 1000.0);
                 }
-                return Some(frame);
+            }
+            if delivered > 0 {
+                m.deliveries.inc_by(delivered);
+            }
+            if out.len() > before {
+                return Fill::Frames;
             }
             match self.hub.read(self.next, BATCH, &mut self.batch) {
                 Ok(n) => self.next = n,
                 Err(_) => {
                     self.guard.drop_slow();
-                    return None;
+                    self.done = true;
+                    return Fill::End;
                 }
             }
-            if !self.batch.is_empty() {
-                continue;
+            if self.batch.is_empty() {
+                break;
             }
-            if let Some(beat) = self.hub.heartbeat_since(&mut self.hb_seen) {
-                return Some(beat);
+        }
+        match self.hub.heartbeat_since(&mut self.hb_seen) {
+            Some(beat) => {
+                out.push_back(beat);
+                Fill::Frames
             }
-            // Events, a heartbeat or shutdown: checked above on the way round.
-            if self.seq_rx.changed().await.is_err() {
-                return None;
-            }
+            None => Fill::Idle,
         }
     }
 }
