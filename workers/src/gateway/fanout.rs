@@ -60,7 +60,7 @@ pub struct Fanout {
 
 impl Fanout {
     /// One shard per core, each on a thread of its own: a burst is written by every core at once, whatever
-    /// else the runtime's workers are doing. A shard stops when the `Fanout` and every client are gone.
+    /// else the runtime's workers are doing. A shard stops when the `Fanout` is dropped, closing its clients.
     pub fn start(hub: Arc<Hub>) -> std::io::Result<Arc<Self>> {
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut shards = Vec::with_capacity(n);
@@ -174,6 +174,9 @@ fn pump(c: &mut Client) -> Pumped {
                         front.advance(n);
                         n = 0;
                     }
+                }
+                if c.queue.is_empty() && c.conn.caught_up() {
+                    return Pumped::Idle;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -204,6 +204,7 @@ pub async fn stream(
         next: sub.next_seq,
         floor: sub.floor,
         batch: VecDeque::new(),
+        caught_up: false,
         greeting,
         done: false,
         guard,
@@ -239,6 +240,9 @@ pub struct Conn {
     next: u64,
     floor: Option<Cursor>,
     batch: VecDeque<Arc<Event>>,
+    /// The last ring read found everything there was: once its frames are written, this client is up to
+    /// date until the hub's sequence changes again.
+    caught_up: bool,
     /// Generation of the last heartbeat sent (or current at connect).
     hb_seen: u64,
     greeting: VecDeque<Bytes>,
@@ -250,6 +254,12 @@ pub struct Conn {
 const BATCH: usize = 64;
 
 impl Conn {
+    /// True when what [`Conn::fill`] last gave is all there is until the hub's sequence changes: the writer
+    /// can stop there instead of reading the ring again (anything appended since wakes it anyway).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up && self.batch.is_empty() && self.greeting.is_empty()
+    }
+
     /// Append the frames due to this client (up to one ring read's worth) to `out`.
     pub fn fill(&mut self, out: &mut VecDeque<Bytes>) -> Fill {
         let before = out.len();
@@ -259,6 +269,7 @@ impl Conn {
         }
         if self.hub.is_down() {
             self.done = true;
+            self.caught_up = false;
             out.push_back(Bytes::from(format!(
                 "retry: {}\ndata: {{\"type\":\"shutdown\",\"data\":{{\"reason\":\"server shutting down, reconnect\"}}}}\n\n",
                 self.hub.opts.retry_ms
@@ -297,7 +308,10 @@ impl Conn {
                 return Fill::Frames;
             }
             match self.hub.read(self.next, BATCH, &mut self.batch) {
-                Ok(n) => self.next = n,
+                Ok(n) => {
+                    self.next = n;
+                    self.caught_up = self.batch.len() < BATCH;
+                }
                 Err(_) => {
                     self.guard.drop_slow();
                     self.done = true;
