@@ -99,6 +99,22 @@ async fn editing_the_spec_rolls_the_pods() {
     create(&client, &ns, &pipeline("roll", serde_json::json!({}))).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let before = config_hash(&deployment(&deployments, "roll-scraper").await);
+    // The ReplicaSet is kube-controller-manager's work, queued behind every other test's objects. Wait for the
+    // first one before editing: a controller that first looks at the Deployment after the edit creates only
+    // the new ReplicaSet, and there is no rollout to see (two CI runs under load failed that way).
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let scraper_sets = ListParams::default().labels("app.kubernetes.io/component=scraper");
+    let set_hashes = || async {
+        let rs = replicasets.list(&scraper_sets).await.ok()?;
+        let hashes = rs.items.iter().filter_map(|r| {
+            r.spec.as_ref()?.template.as_ref()?.metadata.as_ref()?.annotations.as_ref()?.get(HASH).cloned()
+        });
+        Some(hashes.collect::<Vec<_>>())
+    };
+    wait_for("the first ReplicaSet", Duration::from_secs(90), || async {
+        set_hashes().await?.contains(&before).then_some(())
+    })
+    .await;
 
     let pipelines: Api<CryptoPipeline> = Api::namespaced(client.clone(), &ns);
     pipelines
@@ -115,12 +131,9 @@ async fn editing_the_spec_rolls_the_pods() {
     })
     .await;
     assert_ne!(before, after);
-    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
-    // The ReplicaSet is kube-controller-manager's work, queued behind every other test's objects: one CI run
-    // under load took more than 30 s (a wait on the condition, so only a real failure pays the longer bound).
-    wait_for("a second ReplicaSet (the rollout)", Duration::from_secs(90), || async {
-        let rs = replicasets.list(&ListParams::default().labels("app.kubernetes.io/component=scraper")).await.ok()?;
-        (rs.items.len() >= 2).then_some(())
+    wait_for("a second ReplicaSet with the new config (the rollout)", Duration::from_secs(90), || async {
+        let hashes = set_hashes().await?;
+        (hashes.contains(&before) && hashes.contains(&after)).then_some(())
     })
     .await;
     let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
