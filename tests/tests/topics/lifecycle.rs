@@ -162,6 +162,10 @@ async fn a_resync_without_drift_sends_no_admin_writes() {
     let describes = || async {
         op.metric_sum("cryptoviz_operator_external_calls_total", &["operation=\"describe_configs\""]).await
     };
+    // Start counting once a resync has seen the topics after they were provisioned: right after creation the
+    // broker may still describe a new topic's configs as they were before (one CI run saw an alter there).
+    let d = describes().await;
+    wait_for("a resync after provisioning", T, || async { (describes().await >= d + 1.0).then_some(()) }).await;
     let w0 = writes().await;
     let d0 = describes().await;
     wait_for("3 resyncs observing the topics", T, || async { (describes().await >= d0 + 3.0).then_some(()) }).await;
