@@ -27,7 +27,6 @@ use prometheus_client::registry::Registry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::bus::kafka::{KafkaPublisher, ProducerOptions, client_config};
@@ -462,7 +461,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let hub = Hub::new(gateway::hub_options(&cfg)?, Arc::new(gateway::metrics::Metrics::new(&mut registry)));
     let auth = Auth::from_env(cfg.gateway.jwt_key_env.as_deref())?;
     let health = Health::new();
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+    let listener = gateway::bind(opts.listen)?;
     let addr = listener.local_addr()?;
 
     let bus = MemoryBus::new(BUS_CAPACITY);

@@ -53,6 +53,24 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Kernel send buffer per connection (Linux doubles it).
 const SEND_BUFFER: usize = 32 * 1024;
 
+/// Pending connections the kernel holds for the accept loop (capped by `net.core.somaxconn`). A restart or
+/// a network blip brings every browser back within seconds; with a short queue the overflow's SYNs are
+/// dropped and those clients wait a second or more for a retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind the gateway's listener, with room for a reconnect storm (see [`LISTEN_BACKLOG`]).
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    let listener = socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(LISTEN_BACKLOG)
+        })
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+    Ok(listener)
+}
+
 /// Environment variable overriding how many events a client may fall behind before it is disconnected.
 pub const CLIENT_QUEUE_ENV: &str = "CRYPTOVIZ_GATEWAY_CLIENT_QUEUE";
 
@@ -206,7 +224,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let health = Health::new();
     let gw = Arc::new(Gateway { hub: hub.clone(), auth });
     let app = router(gw, registry, health.clone(), &cfg.gateway.cors_origins);
-    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+    let listener = bind(listen)?;
 
     let tail = tokio::spawn({
         let (hub, health) = (hub.clone(), health.clone());
