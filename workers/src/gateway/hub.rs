@@ -144,8 +144,10 @@ struct State {
 
 /// A connected client as the hub tracks it (for the slow-client sweep and `/stats`).
 pub struct ClientSlot {
-    /// Seq of the next event this client will hand to its connection.
-    pub pos: AtomicU64,
+    /// While the client's socket is full: the seq of the next event it will be sent, which the sweep
+    /// measures its lag by. `u64::MAX` while it is written to on every event (it cannot fall behind then,
+    /// and its writer does not touch this shared line per event).
+    pos: AtomicU64,
     dropped: AtomicBool,
     kill: Option<Arc<Notify>>,
 }
@@ -153,6 +155,8 @@ pub struct ClientSlot {
 /// The fan-out hub.
 pub struct Hub {
     state: RwLock<State>,
+    /// `State::next_seq` as readers can check it without the lock: have events been appended since?
+    published: AtomicU64,
     /// Changes when events are appended, a heartbeat is published or the hub shuts down: the one channel
     /// a client waits on (one waiter registration per wake-up, not one per kind of news).
     seq_tx: watch::Sender<u64>,
@@ -205,6 +209,13 @@ impl Drop for ClientGuard {
     }
 }
 
+impl ClientSlot {
+    /// The client's socket is full at `next` (`Some`), or draining again (`None`).
+    pub fn stalled_at(&self, next: Option<u64>) {
+        self.pos.store(next.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
 impl ClientGuard {
     /// Mark this client dropped for being slow (counted once) and close its connection.
     pub fn drop_slow(&self) {
@@ -224,6 +235,7 @@ impl Hub {
                 floor: Cursor::default(),
                 latest: BTreeMap::new(),
             }),
+            published: AtomicU64::new(0),
             seq_tx: watch::channel(0).0,
             heartbeat: RwLock::new(Bytes::new()),
             heartbeat_gen: AtomicU64::new(0),
@@ -329,6 +341,7 @@ impl Hub {
         };
         st.ring.push_back(Arc::new(ev));
         st.next_seq += 1;
+        self.published.store(st.next_seq, Ordering::Release);
         while st.ring.len() > capacity {
             let old = st.ring.pop_front().expect("ring is not empty");
             st.first_seq += 1;
@@ -360,7 +373,7 @@ impl Hub {
     }
 
     /// Where a client starts: live, or after `resume` (`Some(None)`: an id we cannot read).
-    pub fn subscribe(&self, resume: Option<Option<Cursor>>, slot: &ClientSlot) -> Subscription {
+    pub fn subscribe(&self, resume: Option<Option<Cursor>>) -> Subscription {
         let st = self.state.read().expect("hub lock");
         let latest = st.latest.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let live = Subscription { next_seq: st.next_seq, floor: None, current: st.cursor.clone(), latest, gap: false };
@@ -377,7 +390,6 @@ impl Hub {
                 Subscription { next_seq, floor: Some(c), ..live }
             }
         };
-        slot.pos.store(sub.next_seq, Ordering::Relaxed);
         sub
     }
 
@@ -392,6 +404,11 @@ impl Hub {
         let end = st.ring.len().min(start + max);
         out.extend(st.ring.range(start..end).cloned());
         Ok(st.first_seq + end as u64)
+    }
+
+    /// The seq the next event will get: every event below it can be read.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
     /// A receiver that changes whenever events are appended, a heartbeat is published or the hub shuts down.
@@ -511,6 +528,61 @@ impl Hub {
     }
 }
 
+/// The newest events as one reader (a writer shard) last copied them from the hub: most clients are live
+/// and want exactly these, so they are served from here without taking the hub's lock or touching the
+/// events' shared counts once per client.
+pub struct Recent {
+    /// Seq of `events[0]`.
+    first: u64,
+    events: VecDeque<Arc<Event>>,
+    keep: usize,
+}
+
+impl Recent {
+    /// Nothing yet; reads start at the hub's next event and keep the newest `keep`.
+    pub fn new(hub: &Hub, keep: usize) -> Self {
+        Recent { first: hub.published(), events: VecDeque::with_capacity(keep), keep }
+    }
+
+    /// Seq of the oldest event held.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// Seq after the newest event held.
+    pub fn end(&self) -> u64 {
+        self.first + self.events.len() as u64
+    }
+
+    /// The events from `seq` on (none when `seq` is not held).
+    pub fn since(&self, seq: u64) -> impl Iterator<Item = &Event> {
+        let skip = seq.checked_sub(self.first).map_or(self.events.len(), |s| s as usize);
+        self.events.iter().skip(skip).map(|e| &**e)
+    }
+
+    /// Copy in what the hub appended since the last call: one relaxed check when nothing was, one lock
+    /// when something was.
+    pub fn refresh(&mut self, hub: &Hub) {
+        let head = hub.published();
+        if head <= self.end() {
+            return;
+        }
+        if head - self.end() >= self.keep as u64 {
+            self.events.clear();
+            self.first = head - self.keep as u64;
+        }
+        if hub.read(self.end(), self.keep, &mut self.events).is_err() {
+            // Behind the ring (a stalled reader): start again at the newest; clients read the hub directly.
+            self.events.clear();
+            self.first = head;
+        }
+        while self.events.len() > self.keep {
+            self.events.pop_front();
+            self.first += 1;
+        }
+    }
+}
+
 /// What `/stats` and heartbeats report.
 #[derive(serde::Serialize, Debug)]
 pub struct Stats {
@@ -558,6 +630,36 @@ mod tests {
         Record { topic: "t".into(), partition: p, offset, key: None, payload: Bytes::from(json), timestamp_ms: 0 }
     }
 
+    #[test]
+    fn recent_keeps_the_newest_events_and_skips_what_it_fell_behind() {
+        let h = hub(100, 100);
+        h.start_partitions(&[(0, 0)]);
+        let mut r = Recent::new(&h, 4);
+        r.refresh(&h);
+        assert_eq!((r.first(), r.end()), (0, 0), "nothing yet");
+        for o in 0..3 {
+            h.ingest(&rec(0, o, "BTC"));
+        }
+        r.refresh(&h);
+        let offsets = |r: &Recent, from| r.since(from).map(|e| e.offset).collect::<Vec<_>>();
+        assert_eq!(offsets(&r, 0), [0, 1, 2]);
+        assert_eq!(offsets(&r, 2), [2]);
+        assert_eq!(offsets(&r, 3), Vec::<i64>::new());
+        for o in 3..6 {
+            h.ingest(&rec(0, o, "BTC"));
+        }
+        r.refresh(&h);
+        assert_eq!((r.first(), r.end()), (2, 6), "the newest four");
+        assert_eq!(offsets(&r, 0), Vec::<i64>::new(), "a seq no longer held gives nothing");
+        assert_eq!(offsets(&r, 2), [2, 3, 4, 5]);
+        for o in 6..20 {
+            h.ingest(&rec(0, o, "BTC"));
+        }
+        r.refresh(&h);
+        assert_eq!((r.first(), r.end()), (16, 20), "far behind: only the newest are copied");
+        assert_eq!(offsets(&r, 16), [16, 17, 18, 19]);
+    }
+
     #[tokio::test]
     async fn one_channel_wakes_clients_for_events_heartbeats_and_shutdown() {
         let h = hub(100, 100);
@@ -601,7 +703,7 @@ mod tests {
         }
         let g = h.admit(None).unwrap();
         // Seen p0 up to 1 and p1 up to 0: the first missed is p1:1 (seq 3), then p0:2 is missed too.
-        let sub = h.subscribe(Some(Cursor::parse("0:1,1:0")), &g.slot);
+        let sub = h.subscribe(Some(Cursor::parse("0:1,1:0")));
         assert!(!sub.gap);
         assert_eq!(sub.next_seq, 3);
         let mut out = VecDeque::new();
@@ -621,9 +723,9 @@ mod tests {
             h.ingest(&rec(0, o, "BTC"));
         }
         let g = h.admit(None).unwrap();
-        assert!(h.subscribe(Some(Cursor::parse("0:5")), &g.slot).gap);
-        assert!(!h.subscribe(Some(Cursor::parse("0:6")), &g.slot).gap);
-        assert!(h.subscribe(Some(None), &g.slot).gap);
+        assert!(h.subscribe(Some(Cursor::parse("0:5"))).gap);
+        assert!(!h.subscribe(Some(Cursor::parse("0:6"))).gap);
+        assert!(h.subscribe(Some(None)).gap);
         assert_eq!(h.read(0, 10, &mut VecDeque::new()), Err(Lagged));
     }
 
@@ -633,7 +735,8 @@ mod tests {
         h.start_partitions(&[(0, 0)]);
         let kill = Arc::new(Notify::new());
         let g = h.admit(Some(kill.clone())).unwrap();
-        h.subscribe(None, &g.slot);
+        let sub = h.subscribe(None);
+        g.slot.stalled_at(Some(sub.next_seq));
         for o in 0..5 {
             h.ingest(&rec(0, o, "ETH"));
         }

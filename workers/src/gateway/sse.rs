@@ -6,7 +6,6 @@
 //! frames without a task or an HTTP connection per client.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -17,7 +16,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::Gateway;
-use super::hub::{ClientGuard, Cursor, Event, Hub};
+use super::hub::{ClientGuard, Cursor, Event, Hub, Recent};
+use super::metrics::Tally;
 use super::payload::Kind;
 
 /// Set by the accept loop on every request: notified to close the connection of a client that fell behind.
@@ -143,7 +143,7 @@ pub async fn stream(
         .or(q.last_event_id)
         .filter(|s| !s.trim().is_empty());
     let hub = gw.hub.clone();
-    let sub = hub.subscribe(last_id.as_deref().map(Cursor::parse), &guard.slot);
+    let sub = hub.subscribe(last_id.as_deref().map(Cursor::parse));
 
     let retry = hub.opts.retry_ms;
     let mut greeting = VecDeque::new();
@@ -260,8 +260,50 @@ impl Conn {
         self.caught_up && self.batch.is_empty() && self.greeting.is_empty()
     }
 
-    /// Append the frames due to this client (up to one ring read's worth) to `out`.
-    pub fn fill(&mut self, out: &mut VecDeque<Bytes>) -> Fill {
+    /// The steady state, served from a shard's copy of the newest events: when this client is live (no
+    /// resume floor, nothing of its own to send: greeting, heartbeat, shutdown) and `recent` holds where it
+    /// is, give each event due to it to `each`, move past them and return true. False when the client
+    /// needs [`Conn::fill`] instead.
+    pub fn due<'a>(
+        &mut self,
+        recent: &'a Recent,
+        now_ms: i64,
+        tally: &mut Tally,
+        mut each: impl FnMut(&'a Event),
+    ) -> bool {
+        if self.done
+            || self.floor.is_some()
+            || !self.greeting.is_empty()
+            || !self.batch.is_empty()
+            || self.next < recent.first()
+            || self.hub.is_down()
+            || self.hub.heartbeat_generation() != self.hb_seen
+        {
+            return false;
+        }
+        let end = recent.end();
+        if self.next >= end {
+            return true;
+        }
+        for ev in recent.since(self.next) {
+            if self.filter.matches(ev) {
+                each(ev);
+                tally.deliver(ev.time_ms, now_ms);
+            }
+        }
+        self.next = end;
+        true
+    }
+
+    /// The client's socket is full (`true`) or draining again: the hub's sweep drops a client that stays
+    /// full while it falls further behind than its bound.
+    pub fn stalled(&self, full: bool) {
+        self.guard.slot.stalled_at(full.then_some(self.next));
+    }
+
+    /// Append the frames due to this client (up to one ring read's worth) to `out`; `now_ms` is the time of
+    /// the hand-off, for the latency `tally` counts.
+    pub fn fill(&mut self, now_ms: i64, tally: &mut Tally, out: &mut VecDeque<Bytes>) -> Fill {
         let before = out.len();
         out.extend(self.greeting.drain(..));
         if self.done {
@@ -277,11 +319,7 @@ impl Conn {
             return Fill::Frames;
         }
         loop {
-            let mut delivered = 0;
-            let now_ms = chrono::Utc::now().timestamp_millis();
-            let m = &self.hub.metrics;
             while let Some(ev) = self.batch.pop_front() {
-                self.guard.slot.pos.store(ev.seq + 1, Ordering::Relaxed);
                 if !self.filter.matches(&ev) {
                     continue;
                 }
@@ -296,13 +334,7 @@ impl Conn {
                     Some(floor) => ev.frame_with_id(&ev.cursor.max(floor)),
                 };
                 out.push_back(frame);
-                delivered += 1;
-                if ev.time_ms > 0 {
-                    m.latency.observe((now_ms - ev.time_ms).max(0) as f64 / 1000.0);
-                }
-            }
-            if delivered > 0 {
-                m.deliveries.inc_by(delivered);
+                tally.deliver(ev.time_ms, now_ms);
             }
             if out.len() > before {
                 return Fill::Frames;
