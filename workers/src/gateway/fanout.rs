@@ -161,9 +161,15 @@ fn pump(c: &mut Client, recent: &Recent, now_ms: i64, tally: &mut Tally) -> Pump
                 if due.is_empty() {
                     return Pumped::Idle;
                 }
-                let slices: SmallVec<[IoSlice; 4]> = due.iter().map(|ev| IoSlice::new(&ev.frame)).collect();
-                let total: usize = slices.iter().map(|s| s.len()).sum();
-                let mut n = match SockRef::from(&*c.stream).send_vectored(&slices) {
+                let sock = SockRef::from(&*c.stream);
+                let (sent, total) = if let [ev] = due[..] {
+                    // The usual case, one event: `send` spares the kernel the message header and iovec copy.
+                    (sock.send(&ev.frame), ev.frame.len())
+                } else {
+                    let slices: SmallVec<[IoSlice; 4]> = due.iter().map(|ev| IoSlice::new(&ev.frame)).collect();
+                    (sock.send_vectored(&slices), slices.iter().map(|s| s.len()).sum())
+                };
+                let mut n = match sent {
                     Ok(n) if n == total => return Pumped::Idle,
                     Ok(n) => n,
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
