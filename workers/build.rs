@@ -32,7 +32,10 @@ const ALLOCATOR_SYMBOLS: &[&str] = &[
 ];
 
 fn main() {
-    println!("cargo:rerun-if-changed={}", file!());
+    // `file!()` is relative to the workspace root, one level above either package that uses this script;
+    // given as is, Cargo would look for it under the package and, never finding it, rebuild every time.
+    let me = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file!());
+    println!("cargo:rerun-if-changed={}", me.display());
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         for s in ALLOCATOR_SYMBOLS {
             println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol={s}");
