@@ -31,7 +31,7 @@ pub struct ReasonLabels {
 /// Label set: a kind of database error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
-    /// See [`super::sink::error_kind`].
+    /// See [`super::sink::SinkError::kind`].
     pub kind: &'static str,
 }
 

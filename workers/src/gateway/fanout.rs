@@ -2,10 +2,12 @@
 //! connection per client.
 //!
 //! When an event arrives, a shard (one per core) walks its clients and writes each one's new frames with one
-//! non-blocking `writev`: no per-client wake-up, no per-client polling, no chunked framing (the response is
-//! delimited by closing the connection). A socket that cannot take everything keeps the rest in its client's
-//! queue; the client's connection task waits for the socket to drain and wakes the shard for it alone. A
-//! client that stays blocked falls behind its bound and is closed by the hub's sweep, as before.
+//! non-blocking `send`/`writev`: no per-client wake-up, no per-client polling, no chunked framing (the
+//! response is delimited by closing the connection). Live clients are written from the shard's own copy of
+//! the newest events ([`Recent`]) and counted in the shard's own [`Tally`], so a delivery writes nothing
+//! that the other shard reads. A socket that cannot take everything keeps the rest in its client's queue;
+//! the client's connection task waits for the socket to drain and wakes the shard for it alone. A client that
+//! stays blocked falls behind its bound and is closed by the hub's sweep, as before.
 //!
 //! Each client's connection task stays for the rare things: noticing the peer closed (EOF), waiting for
 //! writability, and the hub's kill notice. It ends when the shard lets go of the client, which closes the

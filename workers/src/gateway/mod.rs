@@ -58,7 +58,7 @@ const SEND_BUFFER: usize = 32 * 1024;
 /// dropped and those clients wait a second or more for a retransmit.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Bind the gateway's listener, with room for a reconnect storm (see [`LISTEN_BACKLOG`]).
+/// Bind the gateway's listener with room for a reconnect storm: 4096 pending connections (`net.core.somaxconn` caps it).
 pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
     let listener = socket
