@@ -377,7 +377,7 @@ impl Hub {
         let st = self.state.read().expect("hub lock");
         let latest = st.latest.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let live = Subscription { next_seq: st.next_seq, floor: None, current: st.cursor.clone(), latest, gap: false };
-        let sub = match resume {
+        match resume {
             None => live,
             Some(None) => Subscription { gap: true, ..live },
             // Every partition must be covered: the client saw at least up to what we can no longer replay.
@@ -389,8 +389,7 @@ impl Hub {
                 let next_seq = st.ring.iter().find(|e| e.offset > c.get(e.partition)).map_or(st.next_seq, |e| e.seq);
                 Subscription { next_seq, floor: Some(c), ..live }
             }
-        };
-        sub
+        }
     }
 
     /// Copy up to `max` events from `from` into `out`; the new read position, or [`Lagged`] when the client
@@ -701,7 +700,6 @@ mod tests {
         for (p, o) in [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)] {
             h.ingest(&rec(p, o, "BTC"));
         }
-        let g = h.admit(None).unwrap();
         // Seen p0 up to 1 and p1 up to 0: the first missed is p1:1 (seq 3), then p0:2 is missed too.
         let sub = h.subscribe(Some(Cursor::parse("0:1,1:0")));
         assert!(!sub.gap);
@@ -722,7 +720,6 @@ mod tests {
         for o in 0..10 {
             h.ingest(&rec(0, o, "BTC"));
         }
-        let g = h.admit(None).unwrap();
         assert!(h.subscribe(Some(Cursor::parse("0:5"))).gap);
         assert!(!h.subscribe(Some(Cursor::parse("0:6"))).gap);
         assert!(h.subscribe(Some(None)).gap);
