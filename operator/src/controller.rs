@@ -310,10 +310,10 @@ where
     let ns = p.namespace().unwrap_or_default();
     let name = desired.name_any();
     let want = serde_json::to_value(&desired).expect("serialisable");
-    if let Some(live) = store.get(&ObjectRef::new(&name).within(&ns)) {
-        if workloads::is_subset(&want, &live.value()) {
-            return Ok(());
-        }
+    if let Some(live) = store.get(&ObjectRef::new(&name).within(&ns))
+        && workloads::is_subset(&want, &live.value())
+    {
+        return Ok(());
     }
     let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &ns);
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&want)).await?;
@@ -382,10 +382,11 @@ async fn announce_transitions(p: &CryptoPipeline, ctx: &Context, new: &CryptoPip
         }
         match (c.type_.as_str(), c.status.as_str()) {
             ("Ready", "True") => publish(ctx, p, EventType::Normal, "Ready", c.message.clone()).await,
-            (_, "False") if before.is_some() || c.type_ != "Ready" => {
-                if warrants_warning(&c.reason, before.is_some_and(|b| b.status == "True")) {
-                    publish(ctx, p, EventType::Warning, &c.reason, format!("{}: {}", c.type_, c.message)).await
-                }
+            (_, "False")
+                if (before.is_some() || c.type_ != "Ready")
+                    && warrants_warning(&c.reason, before.is_some_and(|b| b.status == "True")) =>
+            {
+                publish(ctx, p, EventType::Warning, &c.reason, format!("{}: {}", c.type_, c.message)).await
             }
             _ => {}
         }

@@ -78,10 +78,10 @@ impl Monitoring {
     }
 
     async fn crds_installed(&self, client: &Client) -> Result<bool, kube::Error> {
-        if let Some((at, present)) = *self.crd_present.lock().unwrap() {
-            if at.elapsed() < DISCOVERY_TTL {
-                return Ok(present);
-            }
+        if let Some((at, present)) = *self.crd_present.lock().unwrap()
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(present);
         }
         let present = match client.list_api_group_resources(GROUP_VERSION).await {
             Ok(list) => list.resources.iter().any(|r| r.name == "podmonitors"),

@@ -14,10 +14,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication, TopicResult,
 };
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 
 use crate::metrics::Metrics;
@@ -303,10 +303,7 @@ impl Topics {
             }
             if let Some(n) = plan.grow_partitions {
                 let r = client.create_partitions(&[NewPartitions::new(&t.name, n as usize)], &opts()).await;
-                self.check_results(
-                    "create_partitions",
-                    r.map(|v| v.into_iter().map(|r| r.map_err(|(n, e)| (n, e))).collect()),
-                )?;
+                self.check_results("create_partitions", r)?;
                 changes.push(("PartitionsIncreased".into(), format!("topic {} grown to {n} partitions", t.name)));
             }
             if !plan.config_changes.is_empty() {
@@ -425,11 +422,7 @@ impl Topics {
         r.map_err(|source| TopicsError::Admin { operation: "alter_configs", source })
     }
 
-    fn check_results(
-        &self,
-        operation: &'static str,
-        r: Result<Vec<Result<String, (String, RDKafkaErrorCode)>>, KafkaError>,
-    ) -> Result<(), TopicsError> {
+    fn check_results(&self, operation: &'static str, r: KafkaResult<Vec<TopicResult>>) -> Result<(), TopicsError> {
         let ok = matches!(&r, Ok(v) if v.iter().all(|r| r.is_ok() || matches!(r, Err((_, RDKafkaErrorCode::TopicAlreadyExists)))));
         self.metrics.external("kafka", operation, ok);
         for res in r.map_err(|source| TopicsError::Admin { operation, source })? {

@@ -18,7 +18,7 @@ async fn killed_mid_run_several_times_stores_exactly_n_rows() {
     let s = Setup::new(TestEnv::get().postgres_url(), 3, 200, "50ms").await;
     let records: Vec<_> =
         (0..N).map(|i| if i % 3 == 0 { trade(i, "100.25", "0.5") } else { tick(i, "42.000000000000000001") }).collect();
-    let (trades, ticks) = ((N + 2) / 3, N - (N + 2) / 3);
+    let (trades, ticks) = (N.div_ceil(3), N - N.div_ceil(3));
     s.produce(&records).await;
 
     let stored = || async { s.count("ticks").await + s.count("trades").await };

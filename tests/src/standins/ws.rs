@@ -116,6 +116,8 @@ async fn read_one(shared: &Shared, n: usize, ws: &mut WebSocketStream<TcpStream>
     Some(())
 }
 
+// The handshake callback's error type is tungstenite's, a full HTTP response.
+#[allow(clippy::result_large_err)]
 async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
     let path = Arc::new(Mutex::new(String::new()));
     let p = path.clone();

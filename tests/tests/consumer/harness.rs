@@ -258,7 +258,7 @@ impl Drop for Worker {
 /// A schema-v1 tick as the scraper writes it; `i` makes it unique (exchange time `i` ms after a fixed instant).
 pub fn tick(i: u64, price: &str) -> (String, Vec<u8>) {
     let t = chrono::DateTime::from_timestamp_millis(1_711_356_300_000 + i as i64).unwrap();
-    let symbol = if i % 2 == 0 { "BTC" } else { "ETH" };
+    let symbol = if i.is_multiple_of(2) { "BTC" } else { "ETH" };
     let json = serde_json::json!({
         "type": "tick", "v": 1, "source": "synthetic", "symbol": symbol, "quote": "USD", "price": price,
         "exchange_time": t, "received_at": t,

@@ -359,7 +359,7 @@ async fn dashboards_and_alert_rules_render_from_chart_files() {
     check_monitoring_object(rule);
     assert!(rule["spec"]["groups"].as_array().unwrap().iter().any(|g| g["name"] == "cryptoviz-test"));
     let client = TestEnv::get().kube_client().await;
-    dry_run_apply(&client, &[cm.clone()]).await;
+    dry_run_apply(&client, std::slice::from_ref(cm)).await;
     std::fs::remove_dir_all(&copy).unwrap();
 }
 
