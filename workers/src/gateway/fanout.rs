@@ -24,8 +24,9 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::hub::{Event, Hub, Recent};
+use super::hub::{Event, Hub};
 use super::metrics::Tally;
+use super::recent::Recent;
 use super::sse::{Conn, Fill};
 
 /// Frames given to one `writev` at most.
@@ -149,9 +150,10 @@ enum Pumped {
 /// Write the client's queued and new frames until it is up to date, its socket is full or its stream ends.
 ///
 /// A live client with nothing queued is written straight from `recent`'s frames (borrowed, not cloned), with
-/// the socket's own `writev` rather than through the runtime's readiness bookkeeping, which would touch one
-/// more cold cache line per client per event. Only what the socket does not take is queued, and the queue
-/// is written through the runtime, so that a full socket is recorded and its connection task can wait.
+/// the socket's own `send` (`writev` for several) rather than through the runtime's readiness bookkeeping,
+/// which would touch one more cold cache line per client per event. Only what the socket does not take is
+/// queued, and the queue is written through the runtime, so that a full socket is recorded and its
+/// connection task can wait.
 fn pump(c: &mut Client, recent: &Recent, now_ms: i64, tally: &mut Tally) -> Pumped {
     let mut ended = false;
     loop {

@@ -527,61 +527,6 @@ impl Hub {
     }
 }
 
-/// The newest events as one reader (a writer shard) last copied them from the hub: most clients are live
-/// and want exactly these, so they are served from here without taking the hub's lock or touching the
-/// events' shared counts once per client.
-pub struct Recent {
-    /// Seq of `events[0]`.
-    first: u64,
-    events: VecDeque<Arc<Event>>,
-    keep: usize,
-}
-
-impl Recent {
-    /// Nothing yet; reads start at the hub's next event and keep the newest `keep`.
-    pub fn new(hub: &Hub, keep: usize) -> Self {
-        Recent { first: hub.published(), events: VecDeque::with_capacity(keep), keep }
-    }
-
-    /// Seq of the oldest event held.
-    pub fn first(&self) -> u64 {
-        self.first
-    }
-
-    /// Seq after the newest event held.
-    pub fn end(&self) -> u64 {
-        self.first + self.events.len() as u64
-    }
-
-    /// The events from `seq` on (none when `seq` is not held).
-    pub fn since(&self, seq: u64) -> impl Iterator<Item = &Event> {
-        let skip = seq.checked_sub(self.first).map_or(self.events.len(), |s| s as usize);
-        self.events.iter().skip(skip).map(|e| &**e)
-    }
-
-    /// Copy in what the hub appended since the last call: one relaxed check when nothing was, one lock
-    /// when something was.
-    pub fn refresh(&mut self, hub: &Hub) {
-        let head = hub.published();
-        if head <= self.end() {
-            return;
-        }
-        if head - self.end() >= self.keep as u64 {
-            self.events.clear();
-            self.first = head - self.keep as u64;
-        }
-        if hub.read(self.end(), self.keep, &mut self.events).is_err() {
-            // Behind the ring (a stalled reader): start again at the newest; clients read the hub directly.
-            self.events.clear();
-            self.first = head;
-        }
-        while self.events.len() > self.keep {
-            self.events.pop_front();
-            self.first += 1;
-        }
-    }
-}
-
 /// What `/stats` and heartbeats report.
 #[derive(serde::Serialize, Debug)]
 pub struct Stats {
@@ -606,11 +551,12 @@ pub struct Stats {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use prometheus_client::registry::Registry;
 
-    fn hub(replay: usize, queue: u64) -> Arc<Hub> {
+    /// A hub with the given replay buffer and client bound (shared with the tests of the hub's readers).
+    pub(crate) fn hub(replay: usize, queue: u64) -> Arc<Hub> {
         let opts = HubOptions {
             replay_buffer: replay,
             client_queue: queue,
@@ -621,42 +567,13 @@ mod tests {
         Hub::new(opts, Arc::new(Metrics::new(&mut Registry::default())))
     }
 
-    fn rec(p: i32, offset: i64, symbol: &str) -> Record {
+    /// A tick record at `offset` on partition `p`.
+    pub(crate) fn rec(p: i32, offset: i64, symbol: &str) -> Record {
         let json = format!(
             r#"{{"type":"tick","v":1,"source":"synthetic","symbol":"{symbol}","quote":"USD","price":"{offset}.5",
             "exchange_time":"2024-01-01T00:00:00Z","received_at":"2024-01-01T00:00:00Z"}}"#
         );
         Record { topic: "t".into(), partition: p, offset, key: None, payload: Bytes::from(json), timestamp_ms: 0 }
-    }
-
-    #[test]
-    fn recent_keeps_the_newest_events_and_skips_what_it_fell_behind() {
-        let h = hub(100, 100);
-        h.start_partitions(&[(0, 0)]);
-        let mut r = Recent::new(&h, 4);
-        r.refresh(&h);
-        assert_eq!((r.first(), r.end()), (0, 0), "nothing yet");
-        for o in 0..3 {
-            h.ingest(&rec(0, o, "BTC"));
-        }
-        r.refresh(&h);
-        let offsets = |r: &Recent, from| r.since(from).map(|e| e.offset).collect::<Vec<_>>();
-        assert_eq!(offsets(&r, 0), [0, 1, 2]);
-        assert_eq!(offsets(&r, 2), [2]);
-        assert_eq!(offsets(&r, 3), Vec::<i64>::new());
-        for o in 3..6 {
-            h.ingest(&rec(0, o, "BTC"));
-        }
-        r.refresh(&h);
-        assert_eq!((r.first(), r.end()), (2, 6), "the newest four");
-        assert_eq!(offsets(&r, 0), Vec::<i64>::new(), "a seq no longer held gives nothing");
-        assert_eq!(offsets(&r, 2), [2, 3, 4, 5]);
-        for o in 6..20 {
-            h.ingest(&rec(0, o, "BTC"));
-        }
-        r.refresh(&h);
-        assert_eq!((r.first(), r.end()), (16, 20), "far behind: only the newest are copied");
-        assert_eq!(offsets(&r, 16), [16, 17, 18, 19]);
     }
 
     #[tokio::test]

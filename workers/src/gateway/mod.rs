@@ -19,6 +19,7 @@ pub mod hub;
 pub mod kafka;
 pub mod metrics;
 pub mod payload;
+pub mod recent;
 pub mod sse;
 
 use std::net::SocketAddr;
@@ -58,7 +59,8 @@ const SEND_BUFFER: usize = 32 * 1024;
 /// dropped and those clients wait a second or more for a retransmit.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Bind the gateway's listener with room for a reconnect storm: 4096 pending connections (`net.core.somaxconn` caps it).
+/// Bind the gateway's listener with room for a reconnect storm: 4096 pending connections
+/// (`net.core.somaxconn` caps it).
 pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
     let listener = socket

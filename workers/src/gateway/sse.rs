@@ -16,9 +16,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::Gateway;
-use super::hub::{ClientGuard, Cursor, Event, Hub, Recent};
+use super::hub::{ClientGuard, Cursor, Event, Hub};
 use super::metrics::Tally;
 use super::payload::Kind;
+use super::recent::Recent;
 
 /// Set by the accept loop on every request: notified to close the connection of a client that fell behind.
 #[derive(Clone)]
