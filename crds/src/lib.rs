@@ -4,6 +4,7 @@
 pub mod config;
 pub mod duration;
 mod pipeline;
+pub mod topics;
 pub mod validate;
 
 pub use pipeline::*;

@@ -30,6 +30,7 @@ use crate::status::{self, Observed};
 use crate::storage::Storage;
 use crate::topics::Topics;
 use crate::workloads::{self, Component, FIELD_MANAGER, MANAGED_BY, WorkloadDefaults};
+use cryptoviz_runtime::backoff::Backoff;
 
 /// Finalizer guarding external clean-up (topics, schema) when a deletion policy is `Delete`.
 pub const FINALIZER: &str = "cryptoviz.io/cleanup";
@@ -90,7 +91,7 @@ pub struct Shared {
     /// PodMonitors for the Prometheus Operator.
     pub monitoring: crate::monitoring::Monitoring,
     /// Consecutive failures per object, for backoff.
-    failures: Mutex<HashMap<ObjectRef<CryptoPipeline>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<CryptoPipeline>, Backoff>>,
 }
 
 impl Shared {
@@ -498,14 +499,12 @@ async fn finalize(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Exponential backoff with jitter per object: 1 s, 2 s, 4 s … capped at 5 minutes.
+/// Exponential backoff with jitter per object: about 1 s, 2 s, 4 s … capped at 5 minutes.
 fn backoff(ctx: &Context, p: &CryptoPipeline) -> Duration {
     let mut f = ctx.shared.failures.lock().unwrap();
-    let n = f.entry(ObjectRef::from(p)).or_insert(0);
-    *n = n.saturating_add(1);
-    let base = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
-    let jitter = Duration::from_millis(u64::from(std::process::id().wrapping_mul(*n)) % 500);
-    base + jitter
+    f.entry(ObjectRef::from(p))
+        .or_insert_with(|| Backoff::new(Duration::from_secs(1), Duration::from_secs(300)))
+        .next_delay()
 }
 
 /// Retry failed reconciliations with per-object backoff.

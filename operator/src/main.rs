@@ -8,12 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use clap::Parser;
+use cryptoviz_runtime::health::{self, Health};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -40,7 +36,7 @@ struct Args {
     #[arg(long, env = "CRYPTOVIZ_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
     image_pull_policy: String,
 
-    /// Address of the HTTP server (/metrics, /healthz, /readyz).
+    /// Address of the HTTP server (/metrics, /healthz and /readyz, also as /health and /ready).
     #[arg(long, env = "CRYPTOVIZ_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
 
@@ -97,28 +93,6 @@ fn init_tracing(format: &str) {
     }
 }
 
-struct Web {
-    registry: Registry,
-    ready: AtomicBool,
-}
-
-async fn metrics_handler(State(web): State<Arc<Web>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &web.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-async fn readyz(State(web): State<Arc<Web>>) -> impl IntoResponse {
-    if web.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -131,23 +105,18 @@ async fn main() -> anyhow::Result<()> {
         kube::Client::try_default().await.context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::new(&mut registry);
-    let web = Arc::new(Web { registry, ready: AtomicBool::new(false) });
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(web.clone());
+    let web = Health::new();
+    let app = health::router(registry, web.clone());
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
-    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(health::serve_on(listener, app, std::future::pending()));
 
     // Shutdown on SIGTERM/SIGINT, or when leadership is lost.
     let (stop_tx, stop_rx) = watch::channel(false);
     let signal_tx = stop_tx.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        health::shutdown_signal().await;
         let _ = signal_tx.send(true);
     });
 
@@ -158,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             identity: identity.clone(),
             duration: args.lease_duration,
         };
-        web.ready.store(true, Ordering::Relaxed); // a standby is healthy and ready
+        web.set_ready(true); // a standby is healthy and ready
         let mut stop = stop_rx.clone();
         let l = tokio::select! {
             l = leader::acquire(client.clone(), cfg) => l,
@@ -196,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
         args.watch_namespaces.iter().cloned().map(Some).collect()
     };
     info!(scopes = ?scopes, "starting controllers");
-    web.ready.store(true, Ordering::Relaxed);
+    web.set_ready(true);
     let controllers = scopes.into_iter().map(|ns| {
         let mut stop = stop_rx.clone();
         controller::run(shared.clone(), ns, async move {
@@ -215,12 +184,4 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cryptoviz_crds::config::{KAFKA_PASSWORD_ENV, KAFKA_USERNAME_ENV, WorkerConfig};
-use cryptoviz_crds::{CryptoPipeline, TopicRole, TopicsStatus, duration};
+pub use cryptoviz_crds::topics::{DesiredTopic, desired_topics};
+use cryptoviz_crds::{CryptoPipeline, TopicRole, TopicsStatus};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use rdkafka::ClientConfig;
@@ -42,46 +43,6 @@ pub enum TopicsError {
     /// A referenced Secret is missing or lacks a key.
     #[error("{0}")]
     Secret(String),
-}
-
-/// A topic as the spec declares it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DesiredTopic {
-    /// The topic's role in the pipeline.
-    pub role: TopicRole,
-    /// Name on the broker.
-    pub name: String,
-    /// Partitions.
-    pub partitions: i32,
-    /// Replication factor.
-    pub replication_factor: i32,
-    /// Every config key we manage, with its value.
-    pub configs: BTreeMap<String, String>,
-}
-
-/// The desired topics of a pipeline (pure).
-pub fn desired_topics(p: &CryptoPipeline) -> Vec<DesiredTopic> {
-    TopicRole::ALL
-        .into_iter()
-        .map(|role| {
-            let t = p.topic_spec(role);
-            let mut configs = BTreeMap::from([
-                ("cleanup.policy".to_string(), "delete".to_string()),
-                ("compression.type".to_string(), "producer".to_string()),
-                ("max.message.bytes".to_string(), "1048588".to_string()),
-                // The schema's pattern guarantees the duration parses.
-                ("retention.ms".to_string(), duration::parse_millis(&t.retention).unwrap_or(604_800_000).to_string()),
-            ]);
-            configs.extend(t.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-            DesiredTopic {
-                role,
-                name: p.topic_name(role),
-                partitions: t.partitions,
-                replication_factor: t.replication_factor,
-                configs,
-            }
-        })
-        .collect()
 }
 
 /// A topic as the broker has it.

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cryptoviz_crds::config::WorkerConfig;
+use cryptoviz_runtime::health::Health;
 use cryptoviz_workers::gateway::hub::Hub;
 use cryptoviz_workers::gateway::metrics::Metrics;
 use cryptoviz_workers::gateway::{hub_options, kafka};
-use cryptoviz_workers::server::Health;
 use prometheus_client::registry::Registry;
 
 #[global_allocator]

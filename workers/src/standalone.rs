@@ -39,7 +39,7 @@ use crate::gateway::auth::Auth;
 use crate::gateway::hub::Hub;
 use crate::gateway::{self, Gateway};
 use crate::scraper::{self, Scraper};
-use crate::server::Health;
+use cryptoviz_runtime::health::Health;
 
 /// Records kept per topic on the in-process bus: the gateway's replay buffer fits, and a consumer pausing for
 /// a database hiccup of a few seconds catches up without losing any.
@@ -549,7 +549,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    let served = gateway::serve(listener, app, hub, crate::server::shutdown_signal()).await;
+    let served = gateway::serve(listener, app, hub, cryptoviz_runtime::health::shutdown_signal()).await;
     tracing::info!("stopping: sources, producer flush, consumer");
     monitor.abort();
     scraper.stop();

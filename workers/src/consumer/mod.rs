@@ -43,8 +43,8 @@ use rdkafka::{ClientConfig, ClientContext};
 use tokio::runtime::Handle;
 
 use crate::bus::kafka::client_config;
-use crate::server::{self, Health};
 use batch::{Batch, Entry, Rejection, Row};
+use cryptoviz_runtime::health::{self as server, Health};
 use metrics::{KindLabels, Metrics, PartitionLabels, ReasonLabels, TableLabels};
 use sink::{CONNECT_PER_BATCH_ENV, Sink, SinkError, Written};
 
@@ -91,7 +91,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            crate::server::shutdown_signal().await;
+            cryptoviz_runtime::health::shutdown_signal().await;
             tracing::info!("stopping: flushing the pending batch");
             stop.store(true, Ordering::Relaxed);
         }

@@ -14,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::hub::Hub;
 use crate::bus::Record;
 use crate::bus::kafka::client_config;
-use crate::server::Health;
+use cryptoviz_runtime::health::Health;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -8,7 +8,7 @@
 //! - [`handoff`] and [`fanout`]: stream connections are taken off the HTTP server and written by one
 //!   shard per core, so an event costs one `writev` per client and nothing else.
 //!
-//! The gateway runs its own accept loop rather than [`crate::server::serve`]: it reads each connection's
+//! The gateway runs its own accept loop rather than [`cryptoviz_runtime::health::serve`]: it reads each connection's
 //! first request itself to hand stream connections over, and it closes the connection of a client whose
 //! socket stopped draining. Event format, ids and resume: `docs/gateway.md`.
 
@@ -43,7 +43,7 @@ use tower_service::Service as _;
 use self::auth::Auth;
 use self::hub::{Hub, HubOptions};
 use self::metrics::Metrics;
-use crate::server::Health;
+use cryptoviz_runtime::health::Health;
 
 /// The live page, self-contained (no CDN, no external fetch).
 const PAGE: &str = include_str!("page.html");
@@ -107,7 +107,7 @@ pub fn router(gw: Arc<Gateway>, registry: Registry, health: Arc<Health>, cors_or
         .route("/stream", get(sse::stream))
         .route("/stats", get(stats))
         .with_state(gw);
-    let app = own.merge(crate::server::router(registry, health));
+    let app = own.merge(cryptoviz_runtime::health::router(registry, health));
     if cors_origins.is_empty() {
         return app;
     }
@@ -240,7 +240,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(hub.clone().housekeeping());
-    let served = serve(listener, app, hub, crate::server::shutdown_signal()).await;
+    let served = serve(listener, app, hub, cryptoviz_runtime::health::shutdown_signal()).await;
     tail.abort();
     served
 }

@@ -19,10 +19,10 @@ use cryptoviz_crds::SourceKind;
 use cryptoviz_crds::config::{SourceConfig, WorkerConfig};
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use tokio_tungstenite::tungstenite;
+
+pub use cryptoviz_runtime::backoff::Backoff;
 
 use crate::message::{InvalidDecimal, Message};
 use crate::scraper::Sink;
@@ -124,40 +124,6 @@ pub(crate) fn time_from_millis(ms: i64) -> Result<DateTime<Utc>, ParseError> {
 /// RFC 3339 text to a time, or why not.
 pub(crate) fn time_from_rfc3339(s: &str) -> Result<DateTime<Utc>, ParseError> {
     DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| ParseError::InvalidTime(s.into()))
-}
-
-/// Exponential backoff with full jitter: after `n` failures wait a random time in `[d/2, d]`,
-/// `d = min(max, base·2ⁿ)`, so many workers reconnecting after an outage do not arrive together.
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    failures: u32,
-    rng: StdRng,
-}
-
-impl Backoff {
-    /// Start at `base`, never wait longer than `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Backoff { base, max, failures: 0, rng: StdRng::seed_from_u64(seed as u64) }
-    }
-
-    /// The delay before the next attempt (and count a failure).
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.base.saturating_mul(1u32 << self.failures.min(16)).min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        d.mul_f64(self.rng.random_range(0.5..=1.0))
-    }
-
-    /// A success: start again from `base`.
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    /// A random delay in `[0, max)`, for staggering starts.
-    pub fn jitter(&mut self, max: Duration) -> Duration {
-        max.mul_f64(self.rng.random_range(0.0..1.0))
-    }
 }
 
 /// At most one action per `interval`: the per-source limit on requests and on messages we send.
@@ -391,6 +357,8 @@ pub async fn websocket_loop(source: Arc<dyn Source>, plan: StreamPlan, sink: Sin
 mod tests {
     use super::*;
     use crate::scraper::test_config;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
 
     /// Seeds for the mutation test: the fixtures the integration tests serve, plus unit-test frames.
     const SEEDS: &[&str] = &[
@@ -456,17 +424,6 @@ mod tests {
         }
         // Both outcomes are exercised: the mutations are neither all fatal nor all harmless.
         assert!(ok > 1_000 && err > 10_000, "ok {ok}, err {err}");
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let d: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100), "{d:?}");
-        assert!(d[3] >= Duration::from_millis(400) && d[3] <= Duration::from_millis(800), "{d:?}");
-        assert!(d.iter().all(|x| *x <= Duration::from_secs(1)), "{d:?}");
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! The HTTP server every worker mode runs on [`WORKER_HTTP_PORT`](cryptoviz_crds::config::WORKER_HTTP_PORT):
-//! `/health` (liveness), `/ready` (readiness) and `/metrics` (Prometheus), plus the mode's own routes.
+//! The HTTP server every CryptoViz binary runs for its probes and its metrics: `/health` (liveness),
+//! `/ready` (readiness) and `/metrics` (Prometheus text), plus the binary's own routes merged in.
+//!
+//! `/healthz` and `/readyz` answer the same as `/health` and `/ready`: the operator's probes and its
+//! `helm test` have always used the Kubernetes-style names, the workers' the short ones.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,12 +15,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-/// Health as the probes see it. Modes flip these as their state changes.
-#[derive(Default)]
+/// Health as the probes see it. Each binary flips these as its state changes.
+#[derive(Debug, Default)]
 pub struct Health {
     /// Liveness: false when the process should be restarted (e.g. every source down too long).
     pub live: AtomicBool,
-    /// Readiness: false until the mode can do its job (connected, caught up).
+    /// Readiness: false until the binary can do its job (connected, caught up, leading).
     pub ready: AtomicBool,
 }
 
@@ -38,6 +41,16 @@ impl Health {
     pub fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::Relaxed);
     }
+
+    /// Current liveness.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Current readiness.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
 }
 
 struct Shared {
@@ -45,13 +58,15 @@ struct Shared {
     health: Arc<Health>,
 }
 
-/// The routes every mode serves; merge the mode's own router into it.
+/// The routes every binary serves; merge its own router into it.
 pub fn router(registry: Registry, health: Arc<Health>) -> Router {
     let shared = Arc::new(Shared { registry, health });
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/health", get(health_handler))
-        .route("/ready", get(ready_handler))
+        .route("/health", get(live))
+        .route("/healthz", get(live))
+        .route("/ready", get(ready))
+        .route("/readyz", get(ready))
         .with_state(shared)
 }
 
@@ -64,35 +79,36 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn health_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    if s.health.live.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
-    }
+async fn live(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if s.health.is_live() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "unhealthy") }
 }
 
-async fn ready_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    if s.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
+async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if s.health.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
 }
 
-/// Bind and serve until `shutdown` resolves.
+/// Bind `addr` and serve `app` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+    serve_on(listener, app, shutdown).await
+}
+
+/// Serve `app` on a listener already bound (so a bind error is reported before anything starts).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "serving /health, /ready, /metrics");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
 
-/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C: every mode's cue to shut down gracefully.
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C: every binary's cue to shut down gracefully.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
