@@ -322,3 +322,36 @@ impl Sink {
         }
     }
 }
+
+/// What the consumer's flush needs from a database writer: [`Sink`] in every mode, a fake in the flush and
+/// loop unit tests (which exercise retries and commits without a database).
+pub trait Store: Send + Sync + 'static {
+    /// Store ticks and trades in one transaction; rows already stored are not counted.
+    fn write(
+        &self,
+        ticks: &TickColumns<'_>,
+        trades: &TradeColumns<'_>,
+    ) -> impl Future<Output = Result<Written, SinkError>> + Send;
+    /// Check the database answers.
+    fn ping(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Release connections.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl Store for Sink {
+    fn write(
+        &self,
+        ticks: &TickColumns<'_>,
+        trades: &TradeColumns<'_>,
+    ) -> impl Future<Output = Result<Written, SinkError>> + Send {
+        Sink::write(self, ticks, trades)
+    }
+
+    fn ping(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        Sink::ping(self)
+    }
+
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        Sink::close(self)
+    }
+}
