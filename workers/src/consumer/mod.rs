@@ -63,8 +63,9 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let url = std::env::var(&storage.url_env)
         .with_context(|| format!("the database URL variable {} is not set", storage.url_env))?;
     let per_batch = matches!(std::env::var(CONNECT_PER_BATCH_ENV).as_deref(), Ok("1" | "true"));
-    let sink = Arc::new(Sink::new(&url, &storage.schema, per_batch)?);
+    let sink = Sink::new(&url, &storage.schema, per_batch)?;
     drop(url);
+    tracing::info!(per_batch, "database writer ready");
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
@@ -85,19 +86,7 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
         }
     });
 
-    // Not ready before the group assigns partitions.
-    let flusher = Flusher::new(Handle::current(), sink, metrics, health, false);
-    let consumer = kafka::subscribe(&cfg, flusher)?;
-    tracing::info!(topic = %cfg.kafka.raw_topic, group = %cfg.consumer.group_id, per_batch, "consuming");
-
-    let limits = Limits::of(&cfg.consumer);
-    let mut worker = tokio::task::spawn_blocking({
-        let stop = stop.clone();
-        move || {
-            drive(&consumer, &rdkafka::consumer::Consumer::context(&consumer).flusher, &stop, limits);
-            kafka::leave(consumer);
-        }
-    });
+    let mut worker = spawn_on_kafka(&cfg, sink, metrics, health, stop.clone())?;
     tokio::select! {
         r = &mut worker => r.context("consumer thread panicked")?,
         r = &mut server => {
@@ -109,6 +98,27 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let _ = stopped_tx.send(true);
     let _ = server.await;
     Ok(())
+}
+
+/// The consumer over Kafka, on a thread of its own until `stop`: subscribed to the raw topic in the configured
+/// group, offsets committed after the rows are stored, rejected records to the dead-letter topic. Readiness
+/// (partitions assigned and the database answering) goes to `health`.
+pub fn spawn_on_kafka(
+    cfg: &WorkerConfig,
+    sink: Sink,
+    metrics: Metrics,
+    health: Arc<Health>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // Not ready before the group assigns partitions.
+    let flusher = Flusher::new(Handle::current(), Arc::new(sink), metrics, health, false);
+    let consumer = kafka::subscribe(cfg, flusher)?;
+    tracing::info!(topic = %cfg.kafka.raw_topic, group = %cfg.consumer.group_id, "consuming");
+    let limits = Limits::of(&cfg.consumer);
+    Ok(tokio::task::spawn_blocking(move || {
+        drive(&consumer, &rdkafka::consumer::Consumer::context(&consumer).flusher, &stop, limits);
+        kafka::leave(consumer);
+    }))
 }
 
 /// The consumer over the in-process bus (standalone mode), on a thread of its own until `stop`: the same loop,
