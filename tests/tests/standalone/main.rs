@@ -383,13 +383,18 @@ async fn with_kafka_messages_reach_the_real_topics() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// With `--timescale`, the raw feed is stored by the consumer's writer into the schema the operator's storage
-/// reconciliation created (here on PostgreSQL 15), and the last batch is flushed on shutdown.
+/// With `--timescale` on an empty PostgreSQL 15 database and no operator anywhere, standalone creates the
+/// pipeline's schema itself (the operator's storage code) and the consumer stores the raw feed; the last batch
+/// is flushed on shutdown, and a second start finds the schema current.
 #[tokio::test]
-async fn with_timescale_the_raw_feed_is_stored() {
-    let url = TestEnv::get().postgres_url().to_string();
+async fn with_timescale_an_empty_database_stores_the_raw_feed() {
+    let admin_url = TestEnv::get().postgres_url().to_string();
     let name = unique("standalone-db");
     let schema = format!("cv_{}", name.replace('-', "_"));
+    let database = schema.clone();
+    let mut admin = PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{database}\""))).execute(&mut admin).await.unwrap();
+    let url = with_database(&admin_url, &database);
     let dir = std::env::temp_dir().join(&name);
     let file = write_manifest(
         &dir,
@@ -402,23 +407,15 @@ async fn with_timescale_the_raw_feed_is_stored() {
     );
     let p = cryptoviz_crds::validate::parse_manifest(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(p.schema_name(), schema);
-
-    // Without the schema: refused before anything starts, saying who creates it.
-    let out = Command::new(binary("cryptoviz-worker"))
-        .args(["standalone", "--listen", "127.0.0.1:0", "-f", file.to_str().unwrap(), "--timescale", &url])
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("operator's storage reconciliation"), "{stderr}");
-
-    let storage = cryptoviz_operator::storage::Storage::new(cryptoviz_operator::metrics::Metrics::new(
-        &mut prometheus_client::registry::Registry::default(),
-    ));
     let mut db = PgConnection::connect(&url).await.unwrap();
-    storage.reconcile_with(&p, &mut db).await.unwrap();
+    let tables = async |db: &mut PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = $1")
+            .bind(&schema)
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(tables(&mut db).await, 0, "the database starts empty");
 
     let mut sa = Standalone::start(&["-f", file.to_str().unwrap(), "--timescale", &url]);
     sa.health().await;
@@ -439,7 +436,33 @@ async fn with_timescale_the_raw_feed_is_stored() {
     // The last batch is flushed on the way out: nothing stored is lost, and more may have arrived.
     let rows = count(&mut db, "ticks").await + count(&mut db, "trades").await;
     assert!(rows >= 20, "{rows} rows");
-    storage.cleanup_with(&p, &mut db).await.unwrap();
+    // Started again on the same database: the schema is found current and storing goes on.
+    let mut again = Standalone::start(&["-f", file.to_str().unwrap(), "--timescale", &url]);
+    again.health().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&mut db, "ticks").await + count(&mut db, "trades").await <= rows {
+        assert!(Instant::now() < deadline, "more rows stored after a restart:\n{}", again.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = again.stop(SIGTERM).await;
+    assert!(exit.success(), "{exit}\n{}", again.stderr());
     db.close().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE \"{database}\" WITH (FORCE)")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `url` with its database replaced (the path of a `postgres://` URL; query parameters kept).
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base.find("://").map(|i| i + 3).unwrap();
+    let path_start = base[authority_end..].find('/').map_or(base.len(), |i| authority_end + i);
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }

@@ -17,6 +17,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceS
 use rdkafka::client::DefaultClientContext;
 
 mod lifecycle;
+mod standalone;
 
 /// An admin client on the test broker.
 pub fn admin() -> AdminClient<DefaultClientContext> {
