@@ -7,7 +7,7 @@ use cryptoviz_crds::{CryptoPipeline, CryptoPipelineSpec};
 use cryptoviz_operator::metrics::Metrics;
 use cryptoviz_operator::storage::{Mode, Storage, latest_version};
 use cryptoviz_tests::{TestEnv, repo_root, unique};
-use cryptoviz_workers::consumer::batch::{self, Batch, Entry};
+use cryptoviz_workers::consumer::batch::{Batch, Entry};
 use cryptoviz_workers::consumer::sink::Sink;
 use prometheus_client::registry::Registry;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
@@ -232,8 +232,7 @@ async fn store_fixture_trades(url: &str, schema: &str) {
     let text = std::fs::read_to_string(repo_root().join("tests/fixtures/consumer/candle_trades.jsonl")).unwrap();
     let mut b = Batch::default();
     for (i, line) in text.lines().enumerate() {
-        let row = batch::decode(Some(line.as_bytes()));
-        b.push(Entry { partition: 0, offset: i as i64, timestamp_ms: None, key: None, payload: line.into(), row });
+        b.push(Entry::read(0, i as i64, None, None, line.into()));
     }
     assert_eq!(b.counts(), (0, 8, 0));
     let sink = Sink::new(url, schema, true).unwrap();

@@ -76,6 +76,20 @@ pub struct Entry {
     pub row: Row,
 }
 
+impl Entry {
+    /// A record as read, decoded.
+    pub fn read(
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    ) -> Self {
+        let row = decode(Some(&payload));
+        Entry { partition, offset, timestamp_ms, key, payload, row }
+    }
+}
+
 /// Decode one payload of the raw topic.
 pub fn decode(payload: Option<&[u8]>) -> Row {
     let Some(payload) = payload.filter(|p| !p.is_empty()) else {
@@ -317,14 +331,7 @@ mod tests {
     use super::*;
 
     fn entry(partition: i32, offset: i64, payload: &str) -> Entry {
-        Entry {
-            partition,
-            offset,
-            timestamp_ms: None,
-            key: None,
-            payload: payload.as_bytes().to_vec(),
-            row: decode(Some(payload.as_bytes())),
-        }
+        Entry::read(partition, offset, None, None, payload.into())
     }
 
     const TICK: &str = r#"{"type":"tick","v":1,"source":"kraken","symbol":"BTC","quote":"USD","price":"67187.330000000001","bid":"67187.3","exchange_time":"2024-03-25T08:45:00.123Z","received_at":"2024-03-25T08:45:00.200Z"}"#;

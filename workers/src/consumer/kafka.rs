@@ -14,7 +14,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
 
-use super::batch::{self, Batch, Entry, Row};
+use super::batch::{Batch, Entry, Row};
 use super::flush::{FlushError, Flusher};
 use super::metrics::{KindLabels, Metrics, PartitionLabels, ReasonLabels};
 use super::retry;
@@ -95,14 +95,13 @@ pub fn leave<S: Store>(consumer: KafkaConsumer<S>) {
 impl<S: Store> Transport for KafkaConsumer<S> {
     fn poll(&self, timeout: Duration) -> Option<Entry> {
         match BaseConsumer::poll(self, timeout) {
-            Some(Ok(m)) => Some(Entry {
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                row: batch::decode(m.payload()),
-            }),
+            Some(Ok(m)) => Some(Entry::read(
+                m.partition(),
+                m.offset(),
+                m.timestamp().to_millis(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+            )),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "Kafka consumer error");
                 None

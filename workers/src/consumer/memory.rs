@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use tokio::runtime::Handle;
 
-use super::batch::{self, Batch, Entry, Row};
+use super::batch::{Batch, Entry, Row};
 use super::flush::FlushError;
 use super::metrics::{Metrics, ReasonLabels};
 use super::transport::{Commit, Transport};
@@ -35,14 +35,7 @@ impl BusTransport {
 }
 
 fn entry(rec: Record) -> Entry {
-    Entry {
-        partition: rec.partition,
-        offset: rec.offset,
-        timestamp_ms: Some(rec.timestamp_ms),
-        key: rec.key.map(|k| k.to_vec()),
-        row: batch::decode(Some(&rec.payload)),
-        payload: rec.payload.to_vec(),
-    }
+    Entry::read(rec.partition, rec.offset, Some(rec.timestamp_ms), rec.key.map(|k| k.to_vec()), rec.payload.to_vec())
 }
 
 impl Transport for BusTransport {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cryptoviz_runtime::health::Health;
 use prometheus_client::registry::Registry;
 
-use super::super::batch::{self, Batch, Entry, Row, TickColumns, TradeColumns};
+use super::super::batch::{Batch, Entry, Row, TickColumns, TradeColumns};
 use super::super::flush::{FlushError, Flusher};
 use super::super::metrics::Metrics;
 use super::super::sink::{SinkError, Store, Written};
@@ -30,14 +30,7 @@ enum Event {
 type Log = Arc<Mutex<Vec<Event>>>;
 
 fn entry(partition: i32, offset: i64, payload: &str) -> Entry {
-    Entry {
-        partition,
-        offset,
-        timestamp_ms: None,
-        key: None,
-        payload: payload.as_bytes().to_vec(),
-        row: batch::decode(Some(payload.as_bytes())),
-    }
+    Entry::read(partition, offset, None, None, payload.into())
 }
 
 /// A database that refuses the next `fail` writes, as a database that is down does.
