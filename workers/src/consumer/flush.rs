@@ -16,21 +16,7 @@ use tokio::runtime::Handle;
 use super::batch::{self, Batch, Rejection, Row};
 use super::metrics::{KindLabels, Metrics, TableLabels};
 use super::sink::{SinkError, Store, Written};
-use super::transport::{Commit, Transport};
-
-/// Why a flush did not complete (the batch is kept and retried).
-#[derive(Debug, thiserror::Error)]
-pub enum FlushError {
-    /// The database write failed.
-    #[error(transparent)]
-    Database(#[from] SinkError),
-    /// A rejected record could not be handed on.
-    #[error("dead-letter delivery failed: {0}")]
-    DeadLetter(String),
-    /// The offsets could not be committed.
-    #[error("offset commit failed: {0}")]
-    Commit(String),
-}
+use super::transport::{Commit, FlushError, Transport};
 
 /// A batch being written on the runtime; the task hands it back with the result.
 struct Writing {

@@ -15,11 +15,11 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
 
 use super::batch::{Batch, Entry, Row};
-use super::flush::{FlushError, Flusher};
+use super::flush::Flusher;
 use super::metrics::{KindLabels, Metrics, PartitionLabels, ReasonLabels};
 use super::retry;
 use super::sink::Store;
-use super::transport::{Commit, Transport};
+use super::transport::{Commit, FlushError, Transport};
 use super::{DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER};
 use crate::bus::kafka::client_config;
 

@@ -10,9 +10,8 @@ use futures::FutureExt as _;
 use tokio::runtime::Handle;
 
 use super::batch::{Batch, Entry, Row};
-use super::flush::FlushError;
 use super::metrics::{Metrics, ReasonLabels};
-use super::transport::{Commit, Transport};
+use super::transport::{Commit, FlushError, Transport};
 use crate::bus::Record;
 use crate::bus::memory::{RecvError, Subscription};
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::batch::Batch;
-use super::flush::FlushError;
 use super::metrics::Metrics;
+use super::sink::SinkError;
 
 /// How offsets are committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,4 +35,18 @@ pub trait Transport {
     fn drain(&self) -> Vec<super::batch::Entry> {
         Vec::new()
     }
+}
+
+/// Why a flush did not complete (the batch is kept and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// The database write failed.
+    #[error(transparent)]
+    Database(#[from] SinkError),
+    /// A rejected record could not be handed on.
+    #[error("dead-letter delivery failed: {0}")]
+    DeadLetter(String),
+    /// The offsets could not be committed.
+    #[error("offset commit failed: {0}")]
+    Commit(String),
 }

@@ -10,10 +10,10 @@ use cryptoviz_runtime::health::Health;
 use prometheus_client::registry::Registry;
 
 use super::super::batch::{Batch, Entry, Row, TickColumns, TradeColumns};
-use super::super::flush::{FlushError, Flusher};
+use super::super::flush::Flusher;
 use super::super::metrics::Metrics;
 use super::super::sink::{SinkError, Store, Written};
-use super::super::transport::{Commit, Transport};
+use super::super::transport::{Commit, FlushError, Transport};
 use super::{Limits, drive};
 
 const TICK: &str = r#"{"type":"tick","v":1,"source":"kraken","symbol":"BTC","quote":"USD","price":"67187.3","exchange_time":"2024-03-25T08:45:00.123Z","received_at":"2024-03-25T08:45:00.200Z"}"#;
