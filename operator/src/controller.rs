@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::cache::Cached;
+use crate::conditions::{ConditionStatus, ConditionType, KnownReason, Reason};
 use crate::metrics::Metrics;
 use crate::status::{self, Observed};
 use crate::storage::Storage;
@@ -268,7 +269,7 @@ async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Er
     }
     let external_ok = topics.check.is_true() && storage.check.is_true();
     let new = status::compute(p, Observed { checks, topics: topics.status, previous: p.status.as_ref() }, &now);
-    let ready = status::condition(&new, "Ready").is_some_and(|c| c.status == "True");
+    let ready = status::condition_is(&new, ConditionType::Ready, ConditionStatus::True);
     s.metrics.pipeline_ready.get_or_create(&pipeline_labels(p)).set(i64::from(ready));
     announce_transitions(p, ctx, &new).await;
     patch_status_if_changed(p, ctx, new).await?;
@@ -377,15 +378,20 @@ async fn patch_status_if_changed(p: &CryptoPipeline, ctx: &Context, new: CryptoP
 async fn announce_transitions(p: &CryptoPipeline, ctx: &Context, new: &CryptoPipelineStatus) {
     let old = p.status.clone().unwrap_or_default();
     for c in &new.conditions {
-        let before = status::condition(&old, &c.type_);
-        if before.is_some_and(|b| b.status == c.status && b.reason == c.reason) || c.type_ == "Paused" {
+        // Only conditions of our own types, which is all we write.
+        let Some(type_) = ConditionType::parse(&c.type_) else { continue };
+        let before = status::condition(&old, type_);
+        if before.is_some_and(|b| b.status == c.status && b.reason == c.reason) || type_ == ConditionType::Paused {
             continue;
         }
-        match (c.type_.as_str(), c.status.as_str()) {
-            ("Ready", "True") => publish(ctx, p, EventType::Normal, "Ready", c.message.clone()).await,
-            (_, "False")
-                if (before.is_some() || c.type_ != "Ready")
-                    && warrants_warning(&c.reason, before.is_some_and(|b| b.status == "True")) =>
+        let was_true = before.is_some_and(|b| b.status == ConditionStatus::True.as_str());
+        match (type_, ConditionStatus::parse(&c.status)) {
+            (ConditionType::Ready, Some(ConditionStatus::True)) => {
+                publish(ctx, p, EventType::Normal, type_.as_str(), c.message.clone()).await
+            }
+            (_, Some(ConditionStatus::False))
+                if (before.is_some() || type_ != ConditionType::Ready)
+                    && warrants_warning(&Reason::parse(&c.reason), was_true) =>
             {
                 publish(ctx, p, EventType::Warning, &c.reason, format!("{}: {}", c.type_, c.message)).await
             }
@@ -397,10 +403,12 @@ async fn announce_transitions(p: &CryptoPipeline, ctx: &Context, new: &CryptoPip
 /// Whether a concern turning False is worth a Warning. A rollout in progress never is; pods not available yet
 /// only are when the concern was available before (a first start is not a failure, and a Warning per
 /// component per new pipeline would bury the real ones, and cost the event recorder's cache memory).
-fn warrants_warning(reason: &str, was_true: bool) -> bool {
+fn warrants_warning(reason: &Reason, was_true: bool) -> bool {
     match reason {
-        "DeploymentMissing" | "RolloutInProgress" | "RolloutPending" => false,
-        "Unavailable" => was_true,
+        Reason::Known(
+            KnownReason::DeploymentMissing | KnownReason::RolloutInProgress | KnownReason::RolloutPending,
+        ) => false,
+        Reason::Known(KnownReason::Unavailable) => was_true,
         _ => true,
     }
 }
@@ -517,14 +525,17 @@ pub fn error_policy(p: Arc<CryptoPipeline>, e: &Error, ctx: Arc<Context>) -> Act
 #[cfg(test)]
 mod tests {
     use super::warrants_warning;
+    use crate::conditions::{KnownReason, Reason};
 
     #[test]
     fn warnings_for_failures_and_regressions_not_for_a_first_start() {
-        assert!(!warrants_warning("Unavailable", false), "pods of a new Deployment are not available yet");
-        assert!(warrants_warning("Unavailable", true), "pods that were available are gone");
-        assert!(!warrants_warning("RolloutInProgress", true));
-        assert!(!warrants_warning("DeploymentMissing", false));
-        assert!(warrants_warning("ProgressDeadlineExceeded", false));
-        assert!(warrants_warning("TopicConflict", false));
+        let w = |r: KnownReason, was_true| warrants_warning(&r.into(), was_true);
+        assert!(!w(KnownReason::Unavailable, false), "pods of a new Deployment are not available yet");
+        assert!(w(KnownReason::Unavailable, true), "pods that were available are gone");
+        assert!(!w(KnownReason::RolloutInProgress, true));
+        assert!(!w(KnownReason::DeploymentMissing, false));
+        assert!(w(KnownReason::ProgressDeadlineExceeded, false));
+        assert!(w(KnownReason::TopicConflict, false));
+        assert!(warrants_warning(&Reason::Other("MinimumReplicasUnavailable".into()), false));
     }
 }

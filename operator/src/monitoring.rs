@@ -13,12 +13,13 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patc
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::conditions::{ConditionType, KnownReason};
 use crate::metrics::Metrics;
 use crate::status::Check;
 use crate::workloads::{self, FIELD_MANAGER};
 
 /// Condition type owned by this module.
-pub const CONDITION: &str = "MonitoringReady";
+pub const CONDITION: ConditionType = ConditionType::MonitoringReady;
 const GROUP_VERSION: &str = "monitoring.coreos.com/v1";
 /// How long a discovery answer is trusted (a CRD installed later is noticed within this time).
 const DISCOVERY_TTL: Duration = Duration::from_secs(60);
@@ -98,7 +99,11 @@ impl Monitoring {
         let installed = match self.crds_installed(client).await {
             Ok(i) => i,
             Err(e) => {
-                return Check::failed(CONDITION, "DiscoveryFailed", format!("looking up monitoring.coreos.com: {e}"));
+                return Check::failed(
+                    CONDITION,
+                    KnownReason::DiscoveryFailed,
+                    format!("looking up monitoring.coreos.com: {e}"),
+                );
             }
         };
         let api: Api<DynamicObject> =
@@ -111,23 +116,29 @@ impl Monitoring {
                 } else {
                     "the Prometheus Operator CRDs are not installed"
                 };
-                Check::ok(CONDITION, "NotRequired", why)
+                Check::ok(CONDITION, KnownReason::NotRequired, why)
             }
             (ServiceMonitorMode::Enabled, false) => Check::failed(
                 CONDITION,
-                "PrometheusOperatorMissing",
+                KnownReason::PrometheusOperatorMissing,
                 "monitoring.serviceMonitor is enabled but the monitoring.coreos.com CRDs are not installed",
             ),
             (ServiceMonitorMode::Disabled, true) => match api.get_opt(&name).await {
                 Ok(Some(_)) => match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => {
                         metrics.write("PodMonitor", "delete");
-                        Check::ok(CONDITION, "NotRequired", "monitoring.serviceMonitor is disabled")
+                        Check::ok(CONDITION, KnownReason::NotRequired, "monitoring.serviceMonitor is disabled")
                     }
-                    Err(e) => Check::failed(CONDITION, "PodMonitorFailed", format!("deleting PodMonitor {name}: {e}")),
+                    Err(e) => Check::failed(
+                        CONDITION,
+                        KnownReason::PodMonitorFailed,
+                        format!("deleting PodMonitor {name}: {e}"),
+                    ),
                 },
-                Ok(None) => Check::ok(CONDITION, "NotRequired", "monitoring.serviceMonitor is disabled"),
-                Err(e) => Check::failed(CONDITION, "PodMonitorFailed", format!("reading PodMonitor {name}: {e}")),
+                Ok(None) => Check::ok(CONDITION, KnownReason::NotRequired, "monitoring.serviceMonitor is disabled"),
+                Err(e) => {
+                    Check::failed(CONDITION, KnownReason::PodMonitorFailed, format!("reading PodMonitor {name}: {e}"))
+                }
             },
             (_, true) => {
                 let want = serde_json::to_value(pod_monitor(p)).unwrap();
@@ -140,17 +151,25 @@ impl Monitoring {
                         {
                             return Check::failed(
                                 CONDITION,
-                                "PodMonitorFailed",
+                                KnownReason::PodMonitorFailed,
                                 format!("applying PodMonitor {name}: {e}"),
                             );
                         }
                         metrics.write("PodMonitor", "apply");
                     }
                     Err(e) => {
-                        return Check::failed(CONDITION, "PodMonitorFailed", format!("reading PodMonitor {name}: {e}"));
+                        return Check::failed(
+                            CONDITION,
+                            KnownReason::PodMonitorFailed,
+                            format!("reading PodMonitor {name}: {e}"),
+                        );
                     }
                 }
-                Check::ok(CONDITION, "PodMonitorCreated", format!("PodMonitor {name} scrapes every worker's /metrics"))
+                Check::ok(
+                    CONDITION,
+                    KnownReason::PodMonitorCreated,
+                    format!("PodMonitor {name} scrapes every worker's /metrics"),
+                )
             }
         }
     }

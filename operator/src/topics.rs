@@ -21,11 +21,12 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 
+use crate::conditions::{ConditionType, KnownReason};
 use crate::metrics::Metrics;
 use crate::status::Check;
 
 /// Condition type owned by this module.
-pub const CONDITION: &str = "TopicsReady";
+pub const CONDITION: ConditionType = ConditionType::TopicsReady;
 /// Timeout of one admin operation.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -66,7 +67,7 @@ pub struct TopicPlan {
     /// Managed keys whose live value differs: (key, desired value).
     pub config_changes: BTreeMap<String, String>,
     /// A change the broker cannot make; nothing is changed and the condition says why.
-    pub refused: Option<(&'static str, String)>,
+    pub refused: Option<(KnownReason, String)>,
 }
 
 /// Diff one desired topic against the live one.
@@ -75,7 +76,7 @@ pub fn plan(desired: &DesiredTopic, live: Option<&LiveTopic>) -> TopicPlan {
     if live.partitions > desired.partitions {
         return TopicPlan {
             refused: Some((
-                "PartitionDecreaseRefused",
+                KnownReason::PartitionDecreaseRefused,
                 format!(
                     "topic {} has {} partitions and the spec asks for {}: Kafka cannot remove partitions",
                     desired.name, live.partitions, desired.partitions
@@ -87,7 +88,7 @@ pub fn plan(desired: &DesiredTopic, live: Option<&LiveTopic>) -> TopicPlan {
     if live.replication_factor != desired.replication_factor {
         return TopicPlan {
             refused: Some((
-                "ReplicationFactorChangeRefused",
+                KnownReason::ReplicationFactorChangeRefused,
                 format!(
                     "topic {} has replication factor {} and the spec asks for {}: reassign partitions by hand",
                     desired.name, live.replication_factor, desired.replication_factor
@@ -204,8 +205,8 @@ impl Topics {
             Ok(o) => o,
             Err(e) => {
                 let reason = match &e {
-                    TopicsError::Admin { .. } => "KafkaUnavailable",
-                    TopicsError::Secret(_) => "SecretInvalid",
+                    TopicsError::Admin { .. } => KnownReason::KafkaUnavailable,
+                    TopicsError::Secret(_) => KnownReason::SecretInvalid,
                 };
                 TopicsOutcome {
                     check: Check::failed(CONDITION, reason, e.to_string()),
@@ -226,7 +227,7 @@ impl Topics {
         if let Some(t) = desired.iter().find(|t| claimed_elsewhere.contains(&t.name)) {
             let msg = format!("topic {} is already used by another CryptoPipeline on the same brokers", t.name);
             return Ok(TopicsOutcome {
-                check: Check::failed(CONDITION, "TopicConflict", msg),
+                check: Check::failed(CONDITION, KnownReason::TopicConflict, msg),
                 status: None,
                 changes: vec![],
             });
@@ -241,20 +242,20 @@ impl Topics {
         let live = self.observe(&client, &desired).await?;
 
         // Refusals and conflicts: the first becomes the condition (a Warning event on transition).
-        let mut warnings: Vec<(String, String)> = vec![];
+        let mut warnings: Vec<(KnownReason, String)> = vec![];
         let mut changes = vec![];
         for t in &desired {
             let l = live.get(&t.name);
             let plan = plan(t, l);
             if let Some((reason, msg)) = &plan.refused {
                 self.metrics.refused_changes.inc();
-                warnings.push((reason.to_string(), msg.clone()));
+                warnings.push((*reason, msg.clone()));
                 continue;
             }
             // A topic we did not create is adopted only when it already matches partitions and replication.
             if l.is_some() && !ours.contains(&t.name) && plan.grow_partitions.is_some() {
                 let msg = format!("topic {} exists with other settings and was not created for this pipeline", t.name);
-                warnings.push(("TopicConflict".into(), msg));
+                warnings.push((KnownReason::TopicConflict, msg));
                 continue;
             }
             if plan.create {
@@ -280,16 +281,16 @@ impl Topics {
             dlq: p.topic_name(TopicRole::Dlq),
         };
         // Only topics we created or adopted are recorded as ours: a conflicting one must never be adopted later.
-        let status = if warnings.iter().any(|(r, _)| r == "TopicConflict") {
+        let status = if warnings.iter().any(|(r, _)| *r == KnownReason::TopicConflict) {
             p.status.as_ref().and_then(|s| s.topics.clone())
         } else {
             Some(names.clone())
         };
         let check = match warnings.first() {
-            Some((reason, msg)) => Check::failed(CONDITION, reason, msg.clone()),
+            Some((reason, msg)) => Check::failed(CONDITION, *reason, msg.clone()),
             None => Check::ok(
                 CONDITION,
-                "Provisioned",
+                KnownReason::Provisioned,
                 format!("topics {}, {} and {} match the spec", names.raw, names.stream, names.dlq),
             ),
         };
@@ -505,7 +506,13 @@ mod tests {
     #[test]
     fn partitions_grow_but_never_shrink_and_replication_is_fixed() {
         assert_eq!(plan(&desired(), Some(&live(2, 1, "1000"))).grow_partitions, Some(3));
-        assert_eq!(plan(&desired(), Some(&live(5, 1, "1000"))).refused.unwrap().0, "PartitionDecreaseRefused");
-        assert_eq!(plan(&desired(), Some(&live(3, 2, "1000"))).refused.unwrap().0, "ReplicationFactorChangeRefused");
+        assert_eq!(
+            plan(&desired(), Some(&live(5, 1, "1000"))).refused.unwrap().0,
+            KnownReason::PartitionDecreaseRefused
+        );
+        assert_eq!(
+            plan(&desired(), Some(&live(3, 2, "1000"))).refused.unwrap().0,
+            KnownReason::ReplicationFactorChangeRefused
+        );
     }
 }
