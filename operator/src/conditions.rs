@@ -79,6 +79,8 @@ string_enum! {
         NotRequired = "NotRequired",
         /// A referenced Secret is missing, lacks a key or holds an unusable value.
         SecretInvalid = "SecretInvalid",
+        /// The spec cannot be rendered into a worker configuration (only specs the schema did not check).
+        ConfigInvalid = "ConfigInvalid",
         // Topics.
         /// The topics match the spec.
         Provisioned = "Provisioned",

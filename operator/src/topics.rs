@@ -44,6 +44,20 @@ pub enum TopicsError {
     /// A referenced Secret is missing or lacks a key.
     #[error("{0}")]
     Secret(String),
+    /// The spec does not render into a worker configuration, so there are no client properties to connect with.
+    #[error("invalid spec: {0}")]
+    Config(#[from] cryptoviz_crds::config::RenderError),
+}
+
+impl TopicsError {
+    /// The `TopicsReady` reason for this error.
+    pub fn reason(&self) -> KnownReason {
+        match self {
+            TopicsError::Admin { .. } => KnownReason::KafkaUnavailable,
+            TopicsError::Secret(_) => KnownReason::SecretInvalid,
+            TopicsError::Config(_) => KnownReason::ConfigInvalid,
+        }
+    }
 }
 
 /// A topic as the broker has it.
@@ -149,7 +163,7 @@ impl Topics {
         p: &CryptoPipeline,
         kube: &kube::Client,
     ) -> Result<Arc<AdminClient<DefaultClientContext>>, TopicsError> {
-        let kafka = WorkerConfig::for_pipeline(p).map_err(|e| TopicsError::Secret(e.to_string()))?.kafka;
+        let kafka = WorkerConfig::for_pipeline(p)?.kafka;
         let ns = p.namespace().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
         let mut creds = HashMap::new();
@@ -203,17 +217,11 @@ impl Topics {
     ) -> TopicsOutcome {
         match self.try_reconcile(p, kube, claimed_elsewhere).await {
             Ok(o) => o,
-            Err(e) => {
-                let reason = match &e {
-                    TopicsError::Admin { .. } => KnownReason::KafkaUnavailable,
-                    TopicsError::Secret(_) => KnownReason::SecretInvalid,
-                };
-                TopicsOutcome {
-                    check: Check::failed(CONDITION, reason, e.to_string()),
-                    status: p.status.as_ref().and_then(|s| s.topics.clone()),
-                    changes: vec![],
-                }
-            }
+            Err(e) => TopicsOutcome {
+                check: Check::failed(CONDITION, e.reason(), e.to_string()),
+                status: p.status.as_ref().and_then(|s| s.topics.clone()),
+                changes: vec![],
+            },
         }
     }
 
@@ -459,6 +467,19 @@ mod tests {
         let next = topics.client(&pipeline(100_000), &kube).await.unwrap();
         assert!(!Arc::ptr_eq(&first, &next));
         assert!(Arc::ptr_eq(&next, &topics.client(&pipeline(100_000), &kube).await.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_spec_that_does_not_render_is_config_invalid_not_secret_invalid() {
+        let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let topics = Topics::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+        let spec = r#"{"symbols":["BTC"],"sources":[{"kind":"synthetic","pollInterval":"soon"}],
+                       "kafka":{"bootstrapServers":"127.0.0.1:9"}}"#;
+        let mut p = CryptoPipeline::new("p", serde_json::from_str(spec).unwrap());
+        p.metadata.namespace = Some("ns".into());
+        let outcome = topics.reconcile(&p, &kube, &[]).await;
+        assert_eq!(outcome.check.reason, KnownReason::ConfigInvalid);
+        assert!(outcome.check.message.contains("pollInterval"), "{}", outcome.check.message);
     }
 
     fn desired() -> DesiredTopic {
