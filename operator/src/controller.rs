@@ -29,7 +29,7 @@ use crate::conditions::{ConditionStatus, ConditionType, KnownReason, Reason};
 use crate::metrics::Metrics;
 use crate::status::{self, Observed};
 use crate::storage::Storage;
-use crate::topics::Topics;
+use crate::topics::TopicAdmin;
 use crate::workloads::{self, Component, FIELD_MANAGER, MANAGED_BY, WorkloadDefaults};
 use cryptoviz_runtime::backoff::Backoff;
 
@@ -85,8 +85,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub settings: Settings,
-    /// Kafka topics.
-    pub topics: Topics,
+    /// The topic reconciler (Kafka admin API).
+    pub topics: TopicAdmin,
     /// Database schema and policies.
     pub storage: Storage,
     /// PodMonitors for the Prometheus Operator.
@@ -101,7 +101,7 @@ impl Shared {
         let reporter = Reporter { controller: "cryptoviz-operator".into(), instance: Some(instance) };
         Arc::new(Shared {
             recorder: Recorder::new(client.clone(), reporter),
-            topics: Topics::new(metrics.clone()),
+            topics: TopicAdmin::new(metrics.clone()),
             storage: Storage::new(metrics.clone()),
             monitoring: crate::monitoring::Monitoring::new(),
             client,

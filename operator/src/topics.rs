@@ -135,8 +135,9 @@ struct Admin {
     topics: HashSet<String>,
 }
 
-/// The Kafka admin side of the operator: admin clients cached per connection.
-pub struct Topics {
+/// The topic reconciler: observes, diffs and applies a pipeline's topics through the Kafka admin API, with
+/// admin clients cached per connection.
+pub struct TopicAdmin {
     clients: Mutex<HashMap<String, Admin>>,
     metrics: Arc<Metrics>,
 }
@@ -151,10 +152,10 @@ pub struct TopicsOutcome {
     pub changes: Vec<(String, String)>,
 }
 
-impl Topics {
+impl TopicAdmin {
     /// A topic reconciler recording into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Topics { clients: Mutex::new(HashMap::new()), metrics }
+        TopicAdmin { clients: Mutex::new(HashMap::new()), metrics }
     }
 
     /// The admin client for a pipeline's connection (credentials read from its Secrets).
@@ -450,7 +451,7 @@ mod tests {
     async fn an_admin_client_is_replaced_after_enough_distinct_topics() {
         // librdkafka connects lazily and no Secret is read without SASL/TLS: no broker or apiserver needed.
         let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        let topics = Topics::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+        let topics = TopicAdmin::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
         let spec = r#"{"symbols":["BTC"],"sources":[{"kind":"synthetic"}],"kafka":{"bootstrapServers":"127.0.0.1:9"}}"#;
         let pipeline = |i: usize| {
             let mut p = CryptoPipeline::new(&format!("p{i}"), serde_json::from_str(spec).unwrap());
@@ -472,7 +473,7 @@ mod tests {
     #[tokio::test]
     async fn a_spec_that_does_not_render_is_config_invalid_not_secret_invalid() {
         let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        let topics = Topics::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+        let topics = TopicAdmin::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
         let spec = r#"{"symbols":["BTC"],"sources":[{"kind":"synthetic","pollInterval":"soon"}],
                        "kafka":{"bootstrapServers":"127.0.0.1:9"}}"#;
         let mut p = CryptoPipeline::new("p", serde_json::from_str(spec).unwrap());
