@@ -27,9 +27,9 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::cache::Cached;
 use crate::conditions::{ConditionStatus, ConditionType, KnownReason, Reason};
 use crate::metrics::Metrics;
-use crate::status::{self, Observed};
+use crate::status::{self, Check, Observed};
 use crate::storage::Storage;
-use crate::topics::TopicAdmin;
+use crate::topics::{TopicAdmin, TopicsOutcome};
 use crate::workloads::{self, Component, FIELD_MANAGER, MANAGED_BY, WorkloadDefaults};
 use cryptoviz_runtime::backoff::Backoff;
 
@@ -209,22 +209,55 @@ fn pipeline_labels(p: &CryptoPipeline) -> crate::metrics::PipelineLabels {
     crate::metrics::PipelineLabels { namespace: p.namespace().unwrap_or_default(), pipeline: p.name_any() }
 }
 
+/// What a reconcile does with a pipeline, decided from its metadata and spec alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// Being deleted: the finalizer's clean-up branch.
+    Deleting,
+    /// Paused: no writes but the status that says so.
+    Paused,
+    /// Everything is brought to the spec.
+    Active,
+}
+
+fn lifecycle(p: &CryptoPipeline) -> Lifecycle {
+    if p.metadata.deletion_timestamp.is_some() {
+        Lifecycle::Deleting
+    } else if p.is_paused() {
+        Lifecycle::Paused
+    } else {
+        Lifecycle::Active
+    }
+}
+
+/// The steps of one reconcile: the children in the cluster (desired → observed in the stores → diff → apply),
+/// the external systems through their reconcilers, then the status from what was observed.
 async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Error> {
     let s = &ctx.shared;
-    if p.metadata.deletion_timestamp.is_some() {
-        s.metrics.pipeline_ready.remove(&pipeline_labels(p));
-        return finalize(p, ctx).await;
-    }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    if p.is_paused() {
-        // No writes but the condition that says we are paused.
-        s.metrics.pipeline_ready.get_or_create(&pipeline_labels(p)).set(0);
-        patch_status_if_changed(p, ctx, status::paused(p, &now)).await?;
-        return Ok(Action::await_change());
+    match lifecycle(p) {
+        Lifecycle::Deleting => {
+            s.metrics.pipeline_ready.remove(&pipeline_labels(p));
+            return finalize(p, ctx).await;
+        }
+        Lifecycle::Paused => {
+            s.metrics.pipeline_ready.get_or_create(&pipeline_labels(p)).set(0);
+            patch_status_if_changed(p, ctx, status::paused(p, &now)).await?;
+            return Ok(Action::await_change());
+        }
+        Lifecycle::Active => {}
     }
     sync_finalizer(p, ctx).await?;
+    apply_workloads(p, ctx, workloads::desired(p, &s.settings.workloads)?).await?;
+    let external = reconcile_external(p, ctx).await;
+    let polled_ready = external.polled_ready();
+    report(p, ctx, external, &now).await?;
+    Ok(next_action(ctx, p, polled_ready))
+}
 
-    let desired = workloads::desired(p, &s.settings.workloads)?;
+/// Apply the desired children that differ from the live ones in the stores, and delete the owned ones the
+/// spec no longer wants. Stops at the first refused write.
+async fn apply_workloads(p: &CryptoPipeline, ctx: &Context, desired: workloads::Desired) -> Result<(), Error> {
     apply_if_changed(p, ctx, &ctx.config_maps, desired.config_map).await?;
     for (_, d) in desired.deployments.iter() {
         apply_if_changed(p, ctx, &ctx.deployments, d.clone()).await?;
@@ -243,43 +276,83 @@ async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Er
             None => delete_if_present(p, ctx, &ctx.pdbs, &name).await?,
         }
     }
+    Ok(())
+}
 
+/// What the reconcilers of the systems outside the cluster found and did: Kafka, the database, and the
+/// Prometheus Operator's PodMonitor.
+pub struct External {
+    /// Topics: the TopicsReady check, the names, and the changes made.
+    pub topics: TopicsOutcome,
+    /// The StorageReady check.
+    pub storage: Check,
+    /// The MonitoringReady check.
+    pub monitoring: Check,
+}
+
+impl External {
+    /// Whether the systems only seen by polling (topics, storage) are ready; the resync waits longer then.
+    pub fn polled_ready(&self) -> bool {
+        self.topics.check.is_true() && self.storage.is_true()
+    }
+}
+
+/// Run the topic, storage and monitoring reconcilers. They never fail the reconcile: each reports a check.
+async fn reconcile_external(p: &CryptoPipeline, ctx: &Context) -> External {
+    let s = &ctx.shared;
     let claimed = claimed_elsewhere(p, &ctx.pipelines);
     let topics = s.topics.reconcile(p, &s.client, &claimed).await;
-    // One event per kind of change ("created topic a; created topic b"), not one per topic.
-    let mut changes: Vec<(&str, Vec<&str>)> = vec![];
-    for (reason, note) in &topics.changes {
-        match changes.iter_mut().find(|(r, _)| r == reason) {
-            Some((_, notes)) => notes.push(note),
-            None => changes.push((reason, vec![note])),
-        }
-    }
-    for (reason, notes) in changes {
+    let storage = s.storage.reconcile(p, &s.client).await.check;
+    let monitoring = s.monitoring.reconcile(p, &s.client, &s.metrics).await;
+    External { topics, storage, monitoring }
+}
+
+/// Events for the topic changes, the status from everything observed, the readiness metric, events on
+/// transitions, and the status patch when it changed.
+async fn report(p: &CryptoPipeline, ctx: &Context, external: External, now: &Time) -> Result<(), Error> {
+    for (reason, notes) in group_changes(&external.topics.changes) {
         publish(ctx, p, EventType::Normal, reason, notes.join("; ")).await;
     }
-    let storage = s.storage.reconcile(p, &s.client).await;
-
-    let monitoring = s.monitoring.reconcile(p, &s.client, &s.metrics).await;
-    let mut checks = vec![topics.check.clone(), storage.check.clone(), monitoring];
-    for c in Component::ALL {
-        let live = ctx
-            .deployments
-            .get(&ObjectRef::new(&workloads::child_name(p, c)).within(&p.namespace().unwrap_or_default()));
-        checks.push(status::deployment_check(p, c, live.map(|d| d.decode()).as_ref()));
-    }
-    let external_ok = topics.check.is_true() && storage.check.is_true();
-    let new = status::compute(p, Observed { checks, topics: topics.status, previous: p.status.as_ref() }, &now);
+    let ns = p.namespace().unwrap_or_default();
+    let workers = Component::ALL
+        .map(|c| {
+            let live = ctx.deployments.get(&ObjectRef::new(&workloads::child_name(p, c)).within(&ns));
+            status::deployment_check(p, c, live.map(|d| d.decode()).as_ref())
+        })
+        .to_vec();
+    let new = desired_status(p, external, workers, now);
     let ready = status::condition_is(&new, ConditionType::Ready, ConditionStatus::True);
-    s.metrics.pipeline_ready.get_or_create(&pipeline_labels(p)).set(i64::from(ready));
+    ctx.shared.metrics.pipeline_ready.get_or_create(&pipeline_labels(p)).set(i64::from(ready));
     announce_transitions(p, ctx, &new).await;
-    patch_status_if_changed(p, ctx, new).await?;
+    patch_status_if_changed(p, ctx, new).await
+}
 
-    // External systems are only observed by polling: retry sooner while they are not ready.
-    if external_ok {
-        s.failures.lock().unwrap().remove(&ObjectRef::from(p));
-        Ok(Action::requeue(s.settings.resync))
+/// One event per kind of change ("created topic a; created topic b"), not one per topic, in first-seen order.
+fn group_changes(changes: &[(String, String)]) -> Vec<(&str, Vec<&str>)> {
+    let mut grouped: Vec<(&str, Vec<&str>)> = vec![];
+    for (reason, note) in changes {
+        match grouped.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, notes)) => notes.push(note),
+            None => grouped.push((reason, vec![note])),
+        }
+    }
+    grouped
+}
+
+/// The status from the external checks and the workers' checks (pure).
+fn desired_status(p: &CryptoPipeline, external: External, workers: Vec<Check>, now: &Time) -> CryptoPipelineStatus {
+    let mut checks = vec![external.topics.check, external.storage, external.monitoring];
+    checks.extend(workers);
+    status::compute(p, Observed { checks, topics: external.topics.status, previous: p.status.as_ref() }, now)
+}
+
+/// Resync at the configured period once the polled systems are ready; retry sooner (with backoff) until then.
+fn next_action(ctx: &Context, p: &CryptoPipeline, polled_ready: bool) -> Action {
+    if polled_ready {
+        ctx.shared.failures.lock().unwrap().remove(&ObjectRef::from(p));
+        Action::requeue(ctx.shared.settings.resync)
     } else {
-        Ok(Action::requeue(backoff(ctx, p)))
+        Action::requeue(backoff(ctx, p))
     }
 }
 
