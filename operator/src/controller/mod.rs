@@ -1,4 +1,5 @@
-//! The CryptoPipeline controller: wiring, `reconcile()`, `error_policy()` and the finalizer.
+//! The CryptoPipeline controller: wiring, `reconcile()` as a list of steps, `error_policy()`; the children in
+//! `children.rs`, the finalizer in `finalizer.rs`.
 //!
 //! Reconcile is desired → observed → diff → apply: children are compared with the live objects held in
 //! reflector stores (no reads per reconcile) and applied only when they differ; the status is patched only
@@ -8,21 +9,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cryptoviz_crds::{CryptoPipeline, CryptoPipelineStatus, DeletionPolicy, TopicRole};
+use cryptoviz_crds::{CryptoPipeline, CryptoPipelineStatus, TopicRole};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info_span, warn};
 
 use crate::cache::Cached;
 use crate::conditions::{ConditionStatus, ConditionType, KnownReason, Reason};
@@ -31,7 +31,14 @@ use crate::status::{self, Check, Observed};
 use crate::storage::Storage;
 use crate::topics::{TopicAdmin, TopicsOutcome};
 use crate::workloads::{self, Component, FIELD_MANAGER, MANAGED_BY, WorkloadDefaults};
+#[cfg(test)]
+use children::apply_if_changed;
+use children::apply_workloads;
 use cryptoviz_runtime::backoff::Backoff;
+use finalizer::{finalize, sync_finalizer};
+
+mod children;
+mod finalizer;
 
 /// Finalizer guarding external clean-up (topics, schema) when a deletion policy is `Delete`.
 pub const FINALIZER: &str = "cryptoviz.io/cleanup";
@@ -255,30 +262,6 @@ async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Er
     Ok(next_action(ctx, p, polled_ready))
 }
 
-/// Apply the desired children that differ from the live ones in the stores, and delete the owned ones the
-/// spec no longer wants. Stops at the first refused write.
-async fn apply_workloads(p: &CryptoPipeline, ctx: &Context, desired: workloads::Desired) -> Result<(), Error> {
-    apply_if_changed(p, ctx, &ctx.config_maps, desired.config_map).await?;
-    for (_, d) in desired.deployments.iter() {
-        apply_if_changed(p, ctx, &ctx.deployments, d.clone()).await?;
-    }
-    match desired.service {
-        Some(svc) => apply_if_changed(p, ctx, &ctx.services, svc).await?,
-        None => delete_if_present(p, ctx, &ctx.services, &workloads::child_name(p, Component::Gateway)).await?,
-    }
-    for c in Component::ALL {
-        let name = workloads::child_name(p, c);
-        if !desired.deployments.iter().any(|(dc, _)| *dc == c) {
-            delete_if_present(p, ctx, &ctx.deployments, &name).await?;
-        }
-        match desired.pdbs.iter().find(|(pc, _)| *pc == c) {
-            Some((_, pdb)) => apply_if_changed(p, ctx, &ctx.pdbs, pdb.clone()).await?,
-            None => delete_if_present(p, ctx, &ctx.pdbs, &name).await?,
-        }
-    }
-    Ok(())
-}
-
 /// What the reconcilers of the systems outside the cluster found and did: Kafka, the database, and the
 /// Prometheus Operator's PodMonitor.
 pub struct External {
@@ -368,74 +351,6 @@ fn claimed_elsewhere(p: &CryptoPipeline, pipelines: &Store<CryptoPipeline>) -> V
         .collect()
 }
 
-/// Server-side apply `desired` unless the live object (from the store) already has every field it sets.
-async fn apply_if_changed<K>(
-    p: &CryptoPipeline,
-    ctx: &Context,
-    store: &Store<Cached<K>>,
-    desired: K,
-) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
-    let ns = p.namespace().unwrap_or_default();
-    let name = desired.name_any();
-    let want = serde_json::to_value(&desired).expect("serialisable");
-    if let Some(live) = store.get(&ObjectRef::new(&name).within(&ns))
-        && workloads::is_subset(&want, &live.value())
-    {
-        return Ok(());
-    }
-    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&want)).await?;
-    ctx.shared.metrics.write(kind_label::<K>(), "apply");
-    info!(kind = %K::kind(&()), child = %name, "applied");
-    Ok(())
-}
-
-async fn delete_if_present<K>(
-    p: &CryptoPipeline,
-    ctx: &Context,
-    store: &Store<Cached<K>>,
-    name: &str,
-) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let ns = p.namespace().unwrap_or_default();
-    let Some(live) = store.get(&ObjectRef::new(name).within(&ns)) else { return Ok(()) };
-    // Only delete what this pipeline owns.
-    if !live.owner_references().iter().any(|o| Some(&o.uid) == p.metadata.uid.as_ref()) {
-        return Ok(());
-    }
-    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
-    ctx.shared.metrics.write(kind_label::<K>(), "delete");
-    info!(kind = %K::kind(&()), child = %name, "deleted: no longer wanted by the spec");
-    Ok(())
-}
-
-fn kind_label<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "Deployment" => "Deployment",
-        "ConfigMap" => "ConfigMap",
-        "Service" => "Service",
-        "PodDisruptionBudget" => "PodDisruptionBudget",
-        _ => "other",
-    }
-}
-
 async fn patch_status_if_changed(p: &CryptoPipeline, ctx: &Context, new: CryptoPipelineStatus) -> Result<(), Error> {
     if p.status.as_ref() == Some(&new) {
         return Ok(());
@@ -495,91 +410,6 @@ async fn publish(ctx: &Context, p: &CryptoPipeline, type_: EventType, reason: &s
     }
 }
 
-fn needs_finalizer(p: &CryptoPipeline) -> bool {
-    p.spec.kafka.deletion_policy == DeletionPolicy::Delete
-        || p.spec.timescale.as_ref().is_some_and(|t| t.deletion_policy == DeletionPolicy::Delete)
-}
-
-/// Add the finalizer when a deletion policy is Delete, remove it when none is (nothing to clean up then,
-/// and a finalizer nobody needs only risks hanging a namespace's deletion).
-async fn sync_finalizer(p: &CryptoPipeline, ctx: &Context) -> Result<(), Error> {
-    let has = p.finalizers().iter().any(|f| f == FINALIZER);
-    let want = needs_finalizer(p);
-    if has == want {
-        return Ok(());
-    }
-    let mut finalizers: Vec<String> = p.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    if want {
-        finalizers.push(FINALIZER.into());
-    }
-    patch_finalizers(p, ctx, finalizers).await
-}
-
-async fn patch_finalizers(p: &CryptoPipeline, ctx: &Context, finalizers: Vec<String>) -> Result<(), Error> {
-    let api: Api<CryptoPipeline> = Api::namespaced(ctx.shared.client.clone(), &p.namespace().unwrap_or_default());
-    // resourceVersion makes this an optimistic update: another writer's finalizer change is never lost.
-    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}});
-    api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    ctx.shared.metrics.write("CryptoPipeline", "patch_finalizers");
-    Ok(())
-}
-
-/// The deletion branch: clean external state per policy, then release the finalizer. A system that stays
-/// unreachable longer than `finalizer_timeout` never blocks deletion: the finalizer is released with a Warning.
-async fn finalize(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Error> {
-    if !p.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Action::await_change());
-    }
-    let s = &ctx.shared;
-    let mut failure: Option<Error> = None;
-    if p.spec.kafka.deletion_policy == DeletionPolicy::Delete {
-        if let Err(e) = s.topics.cleanup(p, &s.client).await {
-            failure = Some(Error::Cleanup("topics", e.to_string()));
-        } else {
-            publish(ctx, p, EventType::Normal, "TopicsDeleted", "deletionPolicy Delete: topics removed".into()).await;
-        }
-    }
-    if failure.is_none() && p.spec.timescale.as_ref().is_some_and(|t| t.deletion_policy == DeletionPolicy::Delete) {
-        if let Err(e) = s.storage.cleanup(p, &s.client).await {
-            failure = Some(Error::Cleanup("storage", e.to_string()));
-        } else {
-            publish(
-                ctx,
-                p,
-                EventType::Normal,
-                "SchemaDropped",
-                "deletionPolicy Delete: database schema dropped".into(),
-            )
-            .await;
-        }
-    }
-    if let Some(e) = failure {
-        let deleting_for = p
-            .metadata
-            .deletion_timestamp
-            .as_ref()
-            .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0).unsigned_abs())
-            .unwrap_or_default();
-        if deleting_for < s.settings.finalizer_timeout {
-            return Err(e);
-        }
-        publish(
-            ctx,
-            p,
-            EventType::Warning,
-            "CleanupAbandoned",
-            format!(
-                "{e}; giving up after {:?} so the deletion is not blocked: clean up by hand",
-                s.settings.finalizer_timeout
-            ),
-        )
-        .await;
-    }
-    let rest: Vec<String> = p.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    patch_finalizers(p, ctx, rest).await?;
-    Ok(Action::await_change())
-}
-
 /// Exponential backoff with jitter per object: about 1 s, 2 s, 4 s … capped at 5 minutes.
 fn backoff(ctx: &Context, p: &CryptoPipeline) -> Duration {
     let mut f = ctx.shared.failures.lock().unwrap();
@@ -596,9 +426,155 @@ pub fn error_policy(p: Arc<CryptoPipeline>, e: &Error, ctx: Arc<Context>) -> Act
 }
 
 #[cfg(test)]
+mod fixtures;
+
+#[cfg(test)]
 mod tests {
-    use super::warrants_warning;
+    use std::time::Duration;
+
+    use cryptoviz_crds::{CryptoPipeline, Phase};
+    use http::StatusCode;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::{reflector, watcher};
+
+    use super::fixtures::{self, Answer, Expect};
+    use super::*;
     use crate::conditions::{KnownReason, Reason};
+
+    fn pipeline() -> CryptoPipeline {
+        let spec = serde_json::from_str(
+            r#"{"symbols":["BTC"],"sources":[{"kind":"synthetic"}],"kafka":{"bootstrapServers":"k:9092"}}"#,
+        )
+        .unwrap();
+        let mut p = CryptoPipeline::new("demo", spec);
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.uid = Some("uid-1".into());
+        p.metadata.generation = Some(1);
+        p
+    }
+
+    /// What the reconcilers of Kafka, the database and monitoring report when all is well.
+    fn external_ready(p: &CryptoPipeline) -> External {
+        External {
+            topics: TopicsOutcome {
+                check: Check::ok(ConditionType::TopicsReady, KnownReason::Provisioned, "ok"),
+                status: Some(cryptoviz_crds::TopicsStatus {
+                    raw: p.topic_name(TopicRole::Raw),
+                    stream: p.topic_name(TopicRole::Stream),
+                    dlq: p.topic_name(TopicRole::Dlq),
+                }),
+                changes: vec![],
+            },
+            storage: Check::ok(ConditionType::StorageReady, KnownReason::NotRequired, "none"),
+            monitoring: Check::ok(ConditionType::MonitoringReady, KnownReason::NotRequired, "none"),
+        }
+    }
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap())
+    }
+
+    const STATUS: &str = "/apis/cryptoviz.io/v1alpha1/namespaces/ns/cryptopipelines/demo/status";
+
+    #[tokio::test]
+    async fn a_new_pipeline_gets_its_children_applied_and_a_progressing_status() {
+        let (ctx, server) = fixtures::context();
+        let p = pipeline();
+        let verifier = server.serve(vec![
+            Expect::patch("/api/v1/namespaces/ns/configmaps/demo-config", Answer::Echo),
+            Expect::patch("/apis/apps/v1/namespaces/ns/deployments/demo-scraper", Answer::Echo),
+            Expect::patch("/apis/apps/v1/namespaces/ns/deployments/demo-gateway", Answer::Echo),
+            Expect::patch("/api/v1/namespaces/ns/services/demo-gateway", Answer::Echo),
+            Expect::patch(STATUS, Answer::Json(StatusCode::OK, serde_json::to_value(&p).unwrap())),
+        ]);
+        let desired = workloads::desired(&p, &ctx.shared.settings.workloads).unwrap();
+        apply_workloads(&p, &ctx, desired).await.expect("children applied");
+        report(&p, &ctx, external_ready(&p), &now()).await.expect("status patched");
+        drop(ctx);
+        let bodies = fixtures::verified(verifier).await;
+
+        assert_eq!(bodies[1]["spec"]["template"]["spec"]["containers"][0]["image"], "worker:test");
+        let status: CryptoPipelineStatus = serde_json::from_value(bodies[4]["status"].clone()).unwrap();
+        assert_eq!(status.phase, Some(Phase::Progressing), "no Deployment is in the store yet");
+        let ready = status::condition(&status, ConditionType::Ready).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "DeploymentMissing"));
+        assert!(status::condition_is(&status, ConditionType::TopicsReady, ConditionStatus::True));
+        assert_eq!(status.topics.unwrap().dlq, "ns.demo.dlq");
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_stops_the_reconcile_at_that_child() {
+        let (ctx, server) = fixtures::context();
+        let p = pipeline();
+        let verifier = server.serve(vec![Expect::patch(
+            "/api/v1/namespaces/ns/configmaps/demo-config",
+            fixtures::status_failure(StatusCode::FORBIDDEN, "Forbidden"),
+        )]);
+        let desired = workloads::desired(&p, &ctx.shared.settings.workloads).unwrap();
+        let err = apply_workloads(&p, &ctx, desired).await.expect_err("the apiserver refused the ConfigMap");
+        assert_eq!(err.metric_label(), "kube_api");
+        assert!(matches!(&err, Error::Kube(kube::Error::Api(s)) if s.code == 403), "{err}");
+        drop(ctx);
+        assert_eq!(fixtures::verified(verifier).await.len(), 1, "no Deployment is applied after the refusal");
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_becoming_ready_gets_an_event_and_a_ready_status_and_unchanged_children_no_writes() {
+        let (mut ctx, server) = fixtures::context();
+        let p = pipeline();
+        // The store holds available Deployments for both wanted components, as the apiserver would report them.
+        let desired = workloads::desired(&p, &ctx.shared.settings.workloads).unwrap();
+        let (store, mut writer) = reflector::store::<crate::cache::Cached<Deployment>>();
+        for (_, d) in &desired.deployments {
+            let mut live = serde_json::to_value(d).unwrap();
+            live["metadata"]["generation"] = 1.into();
+            live["status"] = serde_json::json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                "availableReplicas": 1, "conditions": [{"type": "Available", "status": "True"}]});
+            writer.apply_watcher_event(&watcher::Event::Apply(crate::cache::Cached::from_value(live).unwrap()));
+        }
+        ctx.deployments = store;
+        let verifier = server.serve(vec![
+            Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events"),
+            Expect::patch(STATUS, Answer::Json(StatusCode::OK, serde_json::to_value(&p).unwrap())),
+        ]);
+        for (_, d) in desired.deployments {
+            apply_if_changed(&p, &ctx, &ctx.deployments, d).await.expect("nothing to write");
+        }
+        report(&p, &ctx, external_ready(&p), &now()).await.expect("status patched");
+        drop(ctx);
+        let bodies = fixtures::verified(verifier).await;
+
+        assert_eq!(bodies[0]["reason"], "Ready");
+        let status: CryptoPipelineStatus = serde_json::from_value(bodies[1]["status"].clone()).unwrap();
+        assert_eq!(status.phase, Some(Phase::Ready));
+        assert!(status::condition_is(&status, ConditionType::Ready, ConditionStatus::True));
+    }
+
+    #[test]
+    fn lifecycle_puts_deletion_before_pause() {
+        let mut p = pipeline();
+        assert_eq!(lifecycle(&p), Lifecycle::Active);
+        p.spec.paused = true;
+        assert_eq!(lifecycle(&p), Lifecycle::Paused);
+        p.metadata.deletion_timestamp = Some(now());
+        assert_eq!(lifecycle(&p), Lifecycle::Deleting, "a paused pipeline is still cleaned up when deleted");
+    }
+
+    #[test]
+    fn topic_changes_become_one_event_per_reason() {
+        let changes = [("TopicCreated", "a"), ("PartitionsIncreased", "b"), ("TopicCreated", "c")]
+            .map(|(r, n)| (r.to_string(), n.to_string()));
+        assert_eq!(group_changes(&changes), vec![("TopicCreated", vec!["a", "c"]), ("PartitionsIncreased", vec!["b"])]);
+    }
+
+    #[tokio::test]
+    async fn the_resync_waits_only_once_the_polled_systems_are_ready() {
+        let (ctx, _server) = fixtures::context();
+        let p = pipeline();
+        assert_eq!(next_action(&ctx, &p, true), Action::requeue(Duration::from_secs(300)));
+        assert!(next_action(&ctx, &p, false) != Action::requeue(Duration::from_secs(300)));
+    }
 
     #[test]
     fn warnings_for_failures_and_regressions_not_for_a_first_start() {
