@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cryptoviz_crds::{CryptoPipeline, ServiceMonitorMode};
+use cryptoviz_crds::{CryptoPipeline, PodMonitorMode};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -95,7 +95,8 @@ impl Monitoring {
 
     /// Create, update or remove the pipeline's PodMonitor; writes only when the live one differs.
     pub async fn reconcile(&self, p: &CryptoPipeline, client: &Client, metrics: &Metrics) -> Check {
-        let mode = p.spec.monitoring.service_monitor;
+        let mode = p.spec.monitoring.pod_monitor_mode();
+        let field = p.spec.monitoring.pod_monitor_field();
         let installed = match self.crds_installed(client).await {
             Ok(i) => i,
             Err(e) => {
@@ -110,24 +111,24 @@ impl Monitoring {
             Api::namespaced_with(client.clone(), &p.namespace().unwrap_or_default(), &resource());
         let name = format!("{}-workers", p.name_any());
         match (mode, installed) {
-            (ServiceMonitorMode::Disabled, false) | (ServiceMonitorMode::Auto, false) => {
-                let why = if mode == ServiceMonitorMode::Disabled {
-                    "monitoring.serviceMonitor is disabled"
+            (PodMonitorMode::Disabled, false) | (PodMonitorMode::Auto, false) => {
+                let why = if mode == PodMonitorMode::Disabled {
+                    format!("{field} is disabled")
                 } else {
-                    "the Prometheus Operator CRDs are not installed"
+                    "the Prometheus Operator CRDs are not installed".into()
                 };
                 Check::ok(CONDITION, KnownReason::NotRequired, why)
             }
-            (ServiceMonitorMode::Enabled, false) => Check::failed(
+            (PodMonitorMode::Enabled, false) => Check::failed(
                 CONDITION,
                 KnownReason::PrometheusOperatorMissing,
-                "monitoring.serviceMonitor is enabled but the monitoring.coreos.com CRDs are not installed",
+                format!("{field} is enabled but the monitoring.coreos.com CRDs are not installed"),
             ),
-            (ServiceMonitorMode::Disabled, true) => match api.get_opt(&name).await {
+            (PodMonitorMode::Disabled, true) => match api.get_opt(&name).await {
                 Ok(Some(_)) => match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => {
                         metrics.write("PodMonitor", "delete");
-                        Check::ok(CONDITION, KnownReason::NotRequired, "monitoring.serviceMonitor is disabled")
+                        Check::ok(CONDITION, KnownReason::NotRequired, format!("{field} is disabled"))
                     }
                     Err(e) => Check::failed(
                         CONDITION,
@@ -135,7 +136,7 @@ impl Monitoring {
                         format!("deleting PodMonitor {name}: {e}"),
                     ),
                 },
-                Ok(None) => Check::ok(CONDITION, KnownReason::NotRequired, "monitoring.serviceMonitor is disabled"),
+                Ok(None) => Check::ok(CONDITION, KnownReason::NotRequired, format!("{field} is disabled")),
                 Err(e) => {
                     Check::failed(CONDITION, KnownReason::PodMonitorFailed, format!("reading PodMonitor {name}: {e}"))
                 }
