@@ -591,19 +591,50 @@ fn default_alert_window() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MonitoringSpec {
-    /// `auto` (default): create a ServiceMonitor when the monitoring.coreos.com CRDs exist; `enabled`: always
-    /// (an error if the CRDs are missing); `disabled`: never.
-    #[serde(default)]
-    pub service_monitor: ServiceMonitorMode,
-    /// Extra labels on the ServiceMonitor, e.g. the `release` label your Prometheus selects on.
+    /// `auto` (default): create a PodMonitor scraping every worker's `/metrics` when the monitoring.coreos.com
+    /// CRDs exist; `enabled`: always (an error if the CRDs are missing); `disabled`: never. Wins over the
+    /// deprecated `serviceMonitor` when both are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "mode_schema")]
+    pub pod_monitor: Option<PodMonitorMode>,
+    /// Deprecated: the old name of `podMonitor` (the operator has always created a PodMonitor, not a
+    /// ServiceMonitor). Still read when `podMonitor` is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "mode_schema")]
+    pub service_monitor: Option<PodMonitorMode>,
+    /// Extra labels on the PodMonitor, e.g. the `release` label your Prometheus selects on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
-/// Whether a ServiceMonitor is created.
+impl MonitoringSpec {
+    /// The mode in force: `podMonitor`, else the deprecated `serviceMonitor`, else `auto`. Both may be set
+    /// (objects stored before `podMonitor` existed carry a defaulted `serviceMonitor: auto`), so the new name
+    /// wins rather than being refused.
+    pub fn pod_monitor_mode(&self) -> PodMonitorMode {
+        self.pod_monitor.or(self.service_monitor).unwrap_or_default()
+    }
+
+    /// The field the mode in force came from, for messages: `monitoring.podMonitor` or the deprecated one.
+    pub fn pod_monitor_field(&self) -> &'static str {
+        if self.pod_monitor.is_none() && self.service_monitor.is_some() {
+            "monitoring.serviceMonitor"
+        } else {
+            "monitoring.podMonitor"
+        }
+    }
+}
+
+// The schema of both mode fields, written out so each is described by its own doc comment: with the type's
+// schema, kube's rewrite of `Option<PodMonitorMode>` would give both the enum's description.
+fn mode_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["auto", "enabled", "disabled"], "nullable": true})
+}
+
+/// Whether a PodMonitor is created.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum ServiceMonitorMode {
+pub enum PodMonitorMode {
     /// When the Prometheus Operator's CRDs are installed.
     #[default]
     Auto,
@@ -620,11 +651,11 @@ pub struct CryptoPipelineStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// A one-word summary: Pending, Progressing, Ready, Degraded, Paused or Deleting.
+    /// The one-word summary (see [`Phase`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    /// One condition per concern (TopicsReady, StorageReady, ScraperReady, ConsumerReady, GatewayReady,
-    /// Paused) and the aggregate Ready.
+    pub phase: Option<Phase>,
+    /// One condition per concern (TopicsReady, StorageReady, MonitoringReady, ScraperReady, ConsumerReady,
+    /// GatewayReady), Paused, and the aggregate Ready (True when every concern is True).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -639,6 +670,39 @@ pub struct CryptoPipelineStatus {
     pub schema: Option<String>,
 }
 
+/// A one-word summary: `Ready` (every condition but Paused is True), `Progressing` (a worker is rolling out
+/// or not yet observed), `Degraded` (a concern failed) or `Paused` (reconciliation is paused). Absent until
+/// the first reconcile; a pipeline being deleted keeps its last phase.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Phase {
+    /// Every condition but `Paused` is True.
+    Ready,
+    /// A worker Deployment is missing, rolling out, or has no status yet.
+    Progressing,
+    /// A concern failed (topics, storage, monitoring or a worker's pods).
+    Degraded,
+    /// Reconciliation is paused (`spec.paused` or the pause annotation).
+    Paused,
+}
+
+impl Phase {
+    /// The string written to the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Ready => "Ready",
+            Phase::Progressing => "Progressing",
+            Phase::Degraded => "Degraded",
+            Phase::Paused => "Paused",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Provisioned topic names.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -650,4 +714,38 @@ pub struct TopicsStatus {
     /// The dead-letter topic.
     #[serde(default)]
     pub dlq: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitoring(json: &str) -> MonitoringSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn pod_monitor_and_its_deprecated_alias_both_set_the_mode() {
+        assert_eq!(monitoring("{}").pod_monitor_mode(), PodMonitorMode::Auto);
+        assert_eq!(monitoring(r#"{"podMonitor":"disabled"}"#).pod_monitor_mode(), PodMonitorMode::Disabled);
+        let old = monitoring(r#"{"serviceMonitor":"enabled"}"#);
+        assert_eq!(old.pod_monitor_mode(), PodMonitorMode::Enabled);
+        assert_eq!(old.pod_monitor_field(), "monitoring.serviceMonitor");
+        let both = monitoring(r#"{"podMonitor":"disabled","serviceMonitor":"auto"}"#);
+        assert_eq!(both.pod_monitor_mode(), PodMonitorMode::Disabled, "podMonitor wins");
+        assert_eq!(both.pod_monitor_field(), "monitoring.podMonitor");
+    }
+
+    #[test]
+    fn the_deprecated_spelling_is_written_back_as_read() {
+        let old = monitoring(r#"{"serviceMonitor":"disabled"}"#);
+        assert_eq!(serde_json::to_value(&old).unwrap(), serde_json::json!({"serviceMonitor": "disabled"}));
+    }
+
+    #[test]
+    fn phase_serialises_as_its_name() {
+        for phase in [Phase::Ready, Phase::Progressing, Phase::Degraded, Phase::Paused] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+        }
+    }
 }

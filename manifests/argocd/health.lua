@@ -2,7 +2,7 @@
 --   Suspended   Paused=True (spec.paused or the cryptoviz.io/pause-reconciliation annotation)
 --   Healthy     Ready=True for the current generation
 --   Progressing no status yet, the operator has not observed this generation, Ready missing,
---               or Ready=False while the phase is Progressing/Pending
+--               or Ready=False while the phase is Progressing
 --   Degraded    Ready=False otherwise (the Ready message says which component and why)
 local hs = {}
 if obj.status == nil or obj.status.conditions == nil then
@@ -42,7 +42,7 @@ if ready.status == "True" then
   return hs
 end
 local phase = obj.status.phase
-if ready.status ~= "False" or phase == "Progressing" or phase == "Pending" then
+if ready.status ~= "False" or phase == "Progressing" then
   hs.status = "Progressing"
   hs.message = ready.message or "Progressing"
   return hs

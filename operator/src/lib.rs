@@ -2,6 +2,7 @@
 //! benchmarks call them directly.
 
 pub mod cache;
+pub mod conditions;
 pub mod controller;
 pub mod incremental_alter;
 pub mod leader;

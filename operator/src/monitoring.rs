@@ -8,17 +8,18 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cryptoviz_crds::{CryptoPipeline, ServiceMonitorMode};
+use cryptoviz_crds::{CryptoPipeline, PodMonitorMode};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::conditions::{ConditionType, KnownReason};
 use crate::metrics::Metrics;
 use crate::status::Check;
 use crate::workloads::{self, FIELD_MANAGER};
 
 /// Condition type owned by this module.
-pub const CONDITION: &str = "MonitoringReady";
+pub const CONDITION: ConditionType = ConditionType::MonitoringReady;
 const GROUP_VERSION: &str = "monitoring.coreos.com/v1";
 /// How long a discovery answer is trusted (a CRD installed later is noticed within this time).
 const DISCOVERY_TTL: Duration = Duration::from_secs(60);
@@ -94,40 +95,51 @@ impl Monitoring {
 
     /// Create, update or remove the pipeline's PodMonitor; writes only when the live one differs.
     pub async fn reconcile(&self, p: &CryptoPipeline, client: &Client, metrics: &Metrics) -> Check {
-        let mode = p.spec.monitoring.service_monitor;
+        let mode = p.spec.monitoring.pod_monitor_mode();
+        let field = p.spec.monitoring.pod_monitor_field();
         let installed = match self.crds_installed(client).await {
             Ok(i) => i,
             Err(e) => {
-                return Check::failed(CONDITION, "DiscoveryFailed", format!("looking up monitoring.coreos.com: {e}"));
+                return Check::failed(
+                    CONDITION,
+                    KnownReason::DiscoveryFailed,
+                    format!("looking up monitoring.coreos.com: {e}"),
+                );
             }
         };
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &p.namespace().unwrap_or_default(), &resource());
         let name = format!("{}-workers", p.name_any());
         match (mode, installed) {
-            (ServiceMonitorMode::Disabled, false) | (ServiceMonitorMode::Auto, false) => {
-                let why = if mode == ServiceMonitorMode::Disabled {
-                    "monitoring.serviceMonitor is disabled"
+            (PodMonitorMode::Disabled, false) | (PodMonitorMode::Auto, false) => {
+                let why = if mode == PodMonitorMode::Disabled {
+                    format!("{field} is disabled")
                 } else {
-                    "the Prometheus Operator CRDs are not installed"
+                    "the Prometheus Operator CRDs are not installed".into()
                 };
-                Check::ok(CONDITION, "NotRequired", why)
+                Check::ok(CONDITION, KnownReason::NotRequired, why)
             }
-            (ServiceMonitorMode::Enabled, false) => Check::failed(
+            (PodMonitorMode::Enabled, false) => Check::failed(
                 CONDITION,
-                "PrometheusOperatorMissing",
-                "monitoring.serviceMonitor is enabled but the monitoring.coreos.com CRDs are not installed",
+                KnownReason::PrometheusOperatorMissing,
+                format!("{field} is enabled but the monitoring.coreos.com CRDs are not installed"),
             ),
-            (ServiceMonitorMode::Disabled, true) => match api.get_opt(&name).await {
+            (PodMonitorMode::Disabled, true) => match api.get_opt(&name).await {
                 Ok(Some(_)) => match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => {
                         metrics.write("PodMonitor", "delete");
-                        Check::ok(CONDITION, "NotRequired", "monitoring.serviceMonitor is disabled")
+                        Check::ok(CONDITION, KnownReason::NotRequired, format!("{field} is disabled"))
                     }
-                    Err(e) => Check::failed(CONDITION, "PodMonitorFailed", format!("deleting PodMonitor {name}: {e}")),
+                    Err(e) => Check::failed(
+                        CONDITION,
+                        KnownReason::PodMonitorFailed,
+                        format!("deleting PodMonitor {name}: {e}"),
+                    ),
                 },
-                Ok(None) => Check::ok(CONDITION, "NotRequired", "monitoring.serviceMonitor is disabled"),
-                Err(e) => Check::failed(CONDITION, "PodMonitorFailed", format!("reading PodMonitor {name}: {e}")),
+                Ok(None) => Check::ok(CONDITION, KnownReason::NotRequired, format!("{field} is disabled")),
+                Err(e) => {
+                    Check::failed(CONDITION, KnownReason::PodMonitorFailed, format!("reading PodMonitor {name}: {e}"))
+                }
             },
             (_, true) => {
                 let want = serde_json::to_value(pod_monitor(p)).unwrap();
@@ -140,17 +152,25 @@ impl Monitoring {
                         {
                             return Check::failed(
                                 CONDITION,
-                                "PodMonitorFailed",
+                                KnownReason::PodMonitorFailed,
                                 format!("applying PodMonitor {name}: {e}"),
                             );
                         }
                         metrics.write("PodMonitor", "apply");
                     }
                     Err(e) => {
-                        return Check::failed(CONDITION, "PodMonitorFailed", format!("reading PodMonitor {name}: {e}"));
+                        return Check::failed(
+                            CONDITION,
+                            KnownReason::PodMonitorFailed,
+                            format!("reading PodMonitor {name}: {e}"),
+                        );
                     }
                 }
-                Check::ok(CONDITION, "PodMonitorCreated", format!("PodMonitor {name} scrapes every worker's /metrics"))
+                Check::ok(
+                    CONDITION,
+                    KnownReason::PodMonitorCreated,
+                    format!("PodMonitor {name} scrapes every worker's /metrics"),
+                )
             }
         }
     }

@@ -12,11 +12,12 @@ use kube::{Api, ResourceExt};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
+use crate::conditions::{ConditionType, KnownReason, Reason};
 use crate::metrics::Metrics;
 use crate::status::Check;
 
 /// Condition type owned by this module.
-pub const CONDITION: &str = "StorageReady";
+pub const CONDITION: ConditionType = ConditionType::StorageReady;
 
 /// Why storage could not be reconciled.
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +34,11 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> Reason {
         match self {
-            StorageError::Secret(_) => "SecretInvalid",
-            StorageError::Unreachable(_) => "DatabaseUnreachable",
-            StorageError::Schema(e) => e.reason(),
+            StorageError::Secret(_) => KnownReason::SecretInvalid.into(),
+            StorageError::Unreachable(_) => KnownReason::DatabaseUnreachable.into(),
+            StorageError::Schema(e) => Reason::parse(e.reason()),
         }
     }
 }
@@ -98,7 +99,9 @@ impl Storage {
     /// Reconcile one pipeline's storage.
     pub async fn reconcile(&self, p: &CryptoPipeline, kube: &kube::Client) -> StorageOutcome {
         if p.spec.timescale.is_none() {
-            return StorageOutcome { check: Check::ok(CONDITION, "NotRequired", "no timescale storage is configured") };
+            return StorageOutcome {
+                check: Check::ok(CONDITION, KnownReason::NotRequired, "no timescale storage is configured"),
+            };
         }
         let result = async {
             let mut c = self.connect(p, kube).await?;
@@ -110,12 +113,12 @@ impl Storage {
         let check = match result {
             Ok(Mode::Timescale) => Check::ok(
                 CONDITION,
-                "TimescaleDB",
+                KnownReason::TimescaleDb,
                 format!("schema {} with hypertables, candles and policies matches the spec", p.schema_name()),
             ),
             Ok(Mode::Plain) => Check::ok(
                 CONDITION,
-                "PlainPostgreSQL",
+                KnownReason::PlainPostgreSql,
                 format!(
                     "TimescaleDB is not available: schema {} uses plain tables, candle views and operator-run retention",
                     p.schema_name()

@@ -21,11 +21,12 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 
+use crate::conditions::{ConditionType, KnownReason};
 use crate::metrics::Metrics;
 use crate::status::Check;
 
 /// Condition type owned by this module.
-pub const CONDITION: &str = "TopicsReady";
+pub const CONDITION: ConditionType = ConditionType::TopicsReady;
 /// Timeout of one admin operation.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -43,6 +44,20 @@ pub enum TopicsError {
     /// A referenced Secret is missing or lacks a key.
     #[error("{0}")]
     Secret(String),
+    /// The spec does not render into a worker configuration, so there are no client properties to connect with.
+    #[error("invalid spec: {0}")]
+    Config(#[from] cryptoviz_crds::config::RenderError),
+}
+
+impl TopicsError {
+    /// The `TopicsReady` reason for this error.
+    pub fn reason(&self) -> KnownReason {
+        match self {
+            TopicsError::Admin { .. } => KnownReason::KafkaUnavailable,
+            TopicsError::Secret(_) => KnownReason::SecretInvalid,
+            TopicsError::Config(_) => KnownReason::ConfigInvalid,
+        }
+    }
 }
 
 /// A topic as the broker has it.
@@ -66,7 +81,7 @@ pub struct TopicPlan {
     /// Managed keys whose live value differs: (key, desired value).
     pub config_changes: BTreeMap<String, String>,
     /// A change the broker cannot make; nothing is changed and the condition says why.
-    pub refused: Option<(&'static str, String)>,
+    pub refused: Option<(KnownReason, String)>,
 }
 
 /// Diff one desired topic against the live one.
@@ -75,7 +90,7 @@ pub fn plan(desired: &DesiredTopic, live: Option<&LiveTopic>) -> TopicPlan {
     if live.partitions > desired.partitions {
         return TopicPlan {
             refused: Some((
-                "PartitionDecreaseRefused",
+                KnownReason::PartitionDecreaseRefused,
                 format!(
                     "topic {} has {} partitions and the spec asks for {}: Kafka cannot remove partitions",
                     desired.name, live.partitions, desired.partitions
@@ -87,7 +102,7 @@ pub fn plan(desired: &DesiredTopic, live: Option<&LiveTopic>) -> TopicPlan {
     if live.replication_factor != desired.replication_factor {
         return TopicPlan {
             refused: Some((
-                "ReplicationFactorChangeRefused",
+                KnownReason::ReplicationFactorChangeRefused,
                 format!(
                     "topic {} has replication factor {} and the spec asks for {}: reassign partitions by hand",
                     desired.name, live.replication_factor, desired.replication_factor
@@ -120,8 +135,9 @@ struct Admin {
     topics: HashSet<String>,
 }
 
-/// The Kafka admin side of the operator: admin clients cached per connection.
-pub struct Topics {
+/// The topic reconciler: observes, diffs and applies a pipeline's topics through the Kafka admin API, with
+/// admin clients cached per connection.
+pub struct TopicAdmin {
     clients: Mutex<HashMap<String, Admin>>,
     metrics: Arc<Metrics>,
 }
@@ -136,10 +152,10 @@ pub struct TopicsOutcome {
     pub changes: Vec<(String, String)>,
 }
 
-impl Topics {
+impl TopicAdmin {
     /// A topic reconciler recording into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Topics { clients: Mutex::new(HashMap::new()), metrics }
+        TopicAdmin { clients: Mutex::new(HashMap::new()), metrics }
     }
 
     /// The admin client for a pipeline's connection (credentials read from its Secrets).
@@ -148,7 +164,7 @@ impl Topics {
         p: &CryptoPipeline,
         kube: &kube::Client,
     ) -> Result<Arc<AdminClient<DefaultClientContext>>, TopicsError> {
-        let kafka = WorkerConfig::for_pipeline(p).map_err(|e| TopicsError::Secret(e.to_string()))?.kafka;
+        let kafka = WorkerConfig::for_pipeline(p)?.kafka;
         let ns = p.namespace().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
         let mut creds = HashMap::new();
@@ -202,17 +218,11 @@ impl Topics {
     ) -> TopicsOutcome {
         match self.try_reconcile(p, kube, claimed_elsewhere).await {
             Ok(o) => o,
-            Err(e) => {
-                let reason = match &e {
-                    TopicsError::Admin { .. } => "KafkaUnavailable",
-                    TopicsError::Secret(_) => "SecretInvalid",
-                };
-                TopicsOutcome {
-                    check: Check::failed(CONDITION, reason, e.to_string()),
-                    status: p.status.as_ref().and_then(|s| s.topics.clone()),
-                    changes: vec![],
-                }
-            }
+            Err(e) => TopicsOutcome {
+                check: Check::failed(CONDITION, e.reason(), e.to_string()),
+                status: p.status.as_ref().and_then(|s| s.topics.clone()),
+                changes: vec![],
+            },
         }
     }
 
@@ -226,7 +236,7 @@ impl Topics {
         if let Some(t) = desired.iter().find(|t| claimed_elsewhere.contains(&t.name)) {
             let msg = format!("topic {} is already used by another CryptoPipeline on the same brokers", t.name);
             return Ok(TopicsOutcome {
-                check: Check::failed(CONDITION, "TopicConflict", msg),
+                check: Check::failed(CONDITION, KnownReason::TopicConflict, msg),
                 status: None,
                 changes: vec![],
             });
@@ -241,20 +251,20 @@ impl Topics {
         let live = self.observe(&client, &desired).await?;
 
         // Refusals and conflicts: the first becomes the condition (a Warning event on transition).
-        let mut warnings: Vec<(String, String)> = vec![];
+        let mut warnings: Vec<(KnownReason, String)> = vec![];
         let mut changes = vec![];
         for t in &desired {
             let l = live.get(&t.name);
             let plan = plan(t, l);
             if let Some((reason, msg)) = &plan.refused {
                 self.metrics.refused_changes.inc();
-                warnings.push((reason.to_string(), msg.clone()));
+                warnings.push((*reason, msg.clone()));
                 continue;
             }
             // A topic we did not create is adopted only when it already matches partitions and replication.
             if l.is_some() && !ours.contains(&t.name) && plan.grow_partitions.is_some() {
                 let msg = format!("topic {} exists with other settings and was not created for this pipeline", t.name);
-                warnings.push(("TopicConflict".into(), msg));
+                warnings.push((KnownReason::TopicConflict, msg));
                 continue;
             }
             if plan.create {
@@ -280,16 +290,16 @@ impl Topics {
             dlq: p.topic_name(TopicRole::Dlq),
         };
         // Only topics we created or adopted are recorded as ours: a conflicting one must never be adopted later.
-        let status = if warnings.iter().any(|(r, _)| r == "TopicConflict") {
+        let status = if warnings.iter().any(|(r, _)| *r == KnownReason::TopicConflict) {
             p.status.as_ref().and_then(|s| s.topics.clone())
         } else {
             Some(names.clone())
         };
         let check = match warnings.first() {
-            Some((reason, msg)) => Check::failed(CONDITION, reason, msg.clone()),
+            Some((reason, msg)) => Check::failed(CONDITION, *reason, msg.clone()),
             None => Check::ok(
                 CONDITION,
-                "Provisioned",
+                KnownReason::Provisioned,
                 format!("topics {}, {} and {} match the spec", names.raw, names.stream, names.dlq),
             ),
         };
@@ -441,7 +451,7 @@ mod tests {
     async fn an_admin_client_is_replaced_after_enough_distinct_topics() {
         // librdkafka connects lazily and no Secret is read without SASL/TLS: no broker or apiserver needed.
         let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        let topics = Topics::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+        let topics = TopicAdmin::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
         let spec = r#"{"symbols":["BTC"],"sources":[{"kind":"synthetic"}],"kafka":{"bootstrapServers":"127.0.0.1:9"}}"#;
         let pipeline = |i: usize| {
             let mut p = CryptoPipeline::new(&format!("p{i}"), serde_json::from_str(spec).unwrap());
@@ -458,6 +468,19 @@ mod tests {
         let next = topics.client(&pipeline(100_000), &kube).await.unwrap();
         assert!(!Arc::ptr_eq(&first, &next));
         assert!(Arc::ptr_eq(&next, &topics.client(&pipeline(100_000), &kube).await.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_spec_that_does_not_render_is_config_invalid_not_secret_invalid() {
+        let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let topics = TopicAdmin::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+        let spec = r#"{"symbols":["BTC"],"sources":[{"kind":"synthetic","pollInterval":"soon"}],
+                       "kafka":{"bootstrapServers":"127.0.0.1:9"}}"#;
+        let mut p = CryptoPipeline::new("p", serde_json::from_str(spec).unwrap());
+        p.metadata.namespace = Some("ns".into());
+        let outcome = topics.reconcile(&p, &kube, &[]).await;
+        assert_eq!(outcome.check.reason, KnownReason::ConfigInvalid);
+        assert!(outcome.check.message.contains("pollInterval"), "{}", outcome.check.message);
     }
 
     fn desired() -> DesiredTopic {
@@ -505,7 +528,13 @@ mod tests {
     #[test]
     fn partitions_grow_but_never_shrink_and_replication_is_fixed() {
         assert_eq!(plan(&desired(), Some(&live(2, 1, "1000"))).grow_partitions, Some(3));
-        assert_eq!(plan(&desired(), Some(&live(5, 1, "1000"))).refused.unwrap().0, "PartitionDecreaseRefused");
-        assert_eq!(plan(&desired(), Some(&live(3, 2, "1000"))).refused.unwrap().0, "ReplicationFactorChangeRefused");
+        assert_eq!(
+            plan(&desired(), Some(&live(5, 1, "1000"))).refused.unwrap().0,
+            KnownReason::PartitionDecreaseRefused
+        );
+        assert_eq!(
+            plan(&desired(), Some(&live(3, 2, "1000"))).refused.unwrap().0,
+            KnownReason::ReplicationFactorChangeRefused
+        );
     }
 }

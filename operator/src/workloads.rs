@@ -50,11 +50,12 @@ impl Component {
     }
 
     /// The status condition type this component owns.
-    pub fn condition_type(self) -> &'static str {
+    pub fn condition_type(self) -> crate::conditions::ConditionType {
+        use crate::conditions::ConditionType;
         match self {
-            Component::Scraper => "ScraperReady",
-            Component::Consumer => "ConsumerReady",
-            Component::Gateway => "GatewayReady",
+            Component::Scraper => ConditionType::ScraperReady,
+            Component::Consumer => ConditionType::ConsumerReady,
+            Component::Gateway => ConditionType::GatewayReady,
         }
     }
 

@@ -123,7 +123,7 @@ the per-namespace Roles. Only what operator/src uses: no wildcards, no list of S
   resources: [events]
   verbs: [create, patch]
 {{- if .Values.rbac.podMonitors }}
-# A PodMonitor per pipeline (spec.monitoring.serviceMonitor), read by name, server-side applied, deleted when
+# A PodMonitor per pipeline (spec.monitoring.podMonitor), read by name, server-side applied, deleted when
 # disabled; never listed or watched. Finding out whether the CRDs exist is API discovery
 # (GET /apis/monitoring.coreos.com/v1), which every authenticated user may do (system:discovery).
 - apiGroups: [monitoring.coreos.com]
