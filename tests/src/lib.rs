@@ -9,7 +9,11 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod binary;
 pub mod browser;
+pub mod consumer;
+pub mod http;
+pub mod metrics;
 pub mod operator;
 pub mod podspec;
 pub mod process;

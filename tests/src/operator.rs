@@ -12,7 +12,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::sync::OnceCell;
 
-use crate::{TestEnv, repo_root, unique, wait_for};
+use crate::{TestEnv, http, metrics, repo_root, unique, wait_for};
 
 /// Server-side apply the committed CRD (once per test binary) and wait until it is Established.
 pub async fn install_crd(client: &Client) {
@@ -46,16 +46,6 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
     api.create(&PostParams::default(), &ns).await.unwrap();
     name
-}
-
-/// Path of a workspace binary built by `cargo build` (tests/run builds them before the integration tests).
-/// `CRYPTOVIZ_PROFILE=release` picks the release build (benchmarks).
-pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
-    let profile = std::env::var("CRYPTOVIZ_PROFILE").unwrap_or_else(|_| "debug".into());
-    let p = target.join(profile).join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
-    p
 }
 
 /// A running operator process; killed when dropped.
@@ -96,7 +86,7 @@ impl Operator {
         let port = free_port();
         let log = env.state_dir().join(format!("{}.operator.log", unique("op")));
         let out = std::fs::File::create(&log).unwrap();
-        let bin = binary("cryptoviz-operator");
+        let bin = crate::binary::path("cryptoviz-operator");
         let mut cmd = Command::new(&bin);
         cmd.env("KUBECONFIG", env.kubeconfig())
             .env("RUST_LOG", "info,cryptoviz_operator=debug,kube=warn")
@@ -118,19 +108,19 @@ impl Operator {
         let child = cmd.spawn().expect("start cryptoviz-operator");
         let op = Operator { child, binary: bin, url: format!("http://127.0.0.1:{port}"), log };
         let url = format!("{}/readyz", op.url);
-        wait_for("the operator's /readyz", Duration::from_secs(30), || async { http_get(&url).await.map(|_| ()) })
+        wait_for("the operator's /readyz", Duration::from_secs(30), || async { http::body(&url).await.map(drop) })
             .await;
         op
     }
 
     /// The operator's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        http_get(&format!("{}/metrics", self.url)).await.expect("/metrics answers")
+        http::body(&format!("{}/metrics", self.url)).await.expect("/metrics answers")
     }
 
-    /// Sum of a metric family's samples whose labels contain every `label="value"` in `filters`.
-    pub async fn metric_sum(&self, name: &str, filters: &[&str]) -> f64 {
-        metric_sum(&self.metrics().await, name, filters)
+    /// Sum of the samples named `name` carrying every `(label, value)` in `labels` (see [`metrics::sum`]).
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metrics::sum(&self.metrics().await, name, labels)
     }
 
     /// The process id.
@@ -162,26 +152,9 @@ impl Drop for Operator {
     }
 }
 
-/// Sum samples of `name` in Prometheus text whose label sets contain all `filters`.
-pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// An unused TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// GET a URL on loopback; the body on 2xx.
-pub async fn http_get(url: &str) -> Option<String> {
-    let out =
-        tokio::process::Command::new("curl").arg("-sf").arg("--max-time").arg("5").arg(url).output().await.ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A minimal valid pipeline on the test broker, as JSON, with `extra` deep-merged into its spec.

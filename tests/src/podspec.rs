@@ -17,7 +17,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
-use crate::operator::{binary, free_port};
+use crate::binary;
+use crate::operator::free_port;
 use crate::unique;
 
 /// A worker process started from a pod spec; killed (with its process group) when dropped.
@@ -141,7 +142,8 @@ pub async fn run_deployment(client: &Client, ns: &str, name: &str, work_dir: &Pa
     binds.sort_by_key(|(_, p)| (p == "/tmp" || p.starts_with("/tmp/"), p.len()));
     // The image's entrypoint is the worker binary. Open it before mounting: the binary may live under /tmp
     // (a CI checkout), which the pod's emptyDir then covers; the kernel runs it from the open descriptor.
-    let mut script = format!("set -e\nexec 9< {}\n", shell_quote(&binary("cryptoviz-worker").display().to_string()));
+    let mut script =
+        format!("set -e\nexec 9< {}\n", shell_quote(&binary::path("cryptoviz-worker").display().to_string()));
     for (src, path) in &binds {
         script.push_str(&format!(
             "mkdir -p {p} && mount --bind {s} {p}\n",

@@ -1,13 +1,10 @@
 //! SIGKILL the consumer process several times mid-run (no flush, no commit, no leaving the group), restart it:
 //! every record is stored exactly once. A binary of its own: it runs processes that die uncleanly.
 
-#[path = "consumer/harness.rs"]
-mod harness;
-
 use std::time::Duration;
 
+use cryptoviz_tests::consumer::{Setup, tick, trade};
 use cryptoviz_tests::{TestEnv, wait_for};
-use harness::{Setup, tick, trade};
 
 const N: u64 = 30_000;
 const KILLS: u64 = 3;

@@ -2,13 +2,10 @@
 //! ready meanwhile, and resumes without losing or doubling a row. A binary of its own: it stops the shared
 //! PostgreSQL server (`TestEnv::component`), which no other test may be using at that moment.
 
-#[path = "consumer/harness.rs"]
-mod harness;
-
 use std::time::Duration;
 
+use cryptoviz_tests::consumer::{Setup, tick};
 use cryptoviz_tests::{TestEnv, wait_for};
-use harness::{Setup, tick};
 
 const HALF: u64 = 5_000;
 
@@ -39,8 +36,8 @@ async fn database_stopped_and_restarted_mid_run_loses_nothing() {
     let mut guard = RestartOnDrop(true);
     s.produce(&(HALF..2 * HALF).map(|i| tick(i, "7.5")).collect::<Vec<_>>()).await;
     wait_for("consumption paused on database errors", Duration::from_secs(60), || async {
-        let paused = w.metric("cryptoviz_consumer_paused").await? == 1.0;
-        let errors = w.metric("cryptoviz_consumer_database_errors_total{kind=\"connection\"}").await?;
+        let paused = w.metric("cryptoviz_consumer_paused", &[]).await? == 1.0;
+        let errors = w.metric("cryptoviz_consumer_database_errors_total", &[("kind", "connection")]).await?;
         (paused && errors >= 1.0).then_some(())
     })
     .await;
@@ -58,8 +55,8 @@ async fn database_stopped_and_restarted_mid_run_loses_nothing() {
     wait_for("offsets committed to the end", Duration::from_secs(60), || async { s.fully_committed().then_some(()) })
         .await;
     w.wait_ready().await;
-    assert_eq!(w.metric("cryptoviz_consumer_paused").await, Some(0.0));
+    assert_eq!(w.metric("cryptoviz_consumer_paused", &[]).await, Some(0.0));
     assert_eq!(s.count("ticks").await, 2 * HALF as i64);
-    assert_eq!(w.metric("cryptoviz_consumer_rows_written_total{table=\"ticks\"}").await, Some(2.0 * HALF as f64));
+    assert_eq!(w.metric("cryptoviz_consumer_rows_written_total", &[("table", "ticks")]).await, Some(2.0 * HALF as f64));
     w.stop().await;
 }

@@ -3,12 +3,10 @@
 //! committed to the end, readiness and metrics — on PostgreSQL 15 and on the TimescaleDB test server.
 //! Disruptive scenarios (SIGKILL, database restart) are in their own binaries.
 
-mod harness;
-
 use std::time::Duration;
 
+use cryptoviz_tests::consumer::{Setup, tick, trade};
 use cryptoviz_tests::{TestEnv, wait_for};
-use harness::{Setup, tick, trade};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 const TICKS: u64 = 300;
@@ -103,11 +101,11 @@ async fn stores_everything_once_and_dead_letters_poison(db_url: &str) {
     }
     assert_eq!(letters.len(), poison.len(), "no dead letter twice");
 
-    assert_eq!(w.metric("cryptoviz_consumer_rows_written_total{table=\"ticks\"}").await, Some(TICKS as f64));
-    assert_eq!(w.metric("cryptoviz_consumer_rows_written_total{table=\"trades\"}").await, Some(TRADES as f64));
-    assert_eq!(w.metric("cryptoviz_consumer_dlq_messages_total{reason=\"invalid_message\"}").await, Some(3.0));
-    assert_eq!(w.metric("cryptoviz_consumer_dlq_messages_total{reason=\"database_rejected\"}").await, Some(1.0));
-    assert_eq!(w.metric("cryptoviz_consumer_database_errors_total{kind=\"data\"}").await, Some(1.0));
+    assert_eq!(w.metric("cryptoviz_consumer_rows_written_total", &[("table", "ticks")]).await, Some(TICKS as f64));
+    assert_eq!(w.metric("cryptoviz_consumer_rows_written_total", &[("table", "trades")]).await, Some(TRADES as f64));
+    assert_eq!(w.metric("cryptoviz_consumer_dlq_messages_total", &[("reason", "invalid_message")]).await, Some(3.0));
+    assert_eq!(w.metric("cryptoviz_consumer_dlq_messages_total", &[("reason", "database_rejected")]).await, Some(1.0));
+    assert_eq!(w.metric("cryptoviz_consumer_database_errors_total", &[("kind", "data")]).await, Some(1.0));
     let (_, metrics) = w.get("/metrics").await.unwrap();
     for family in ["cryptoviz_consumer_flush_duration_seconds_bucket", "cryptoviz_consumer_batch_size_records_bucket"] {
         assert!(metrics.contains(family), "{family} missing");
@@ -137,10 +135,10 @@ async fn not_ready_until_the_schema_exists_then_catches_up() {
     s.produce(&(0..120).map(|i| tick(i, "1.25")).collect::<Vec<_>>()).await;
     let w = s.start();
     wait_for("a schema_missing database error", Duration::from_secs(60), || async {
-        w.metric("cryptoviz_consumer_database_errors_total{kind=\"schema_missing\"}").await.filter(|v| *v >= 1.0)
+        w.metric("cryptoviz_consumer_database_errors_total", &[("kind", "schema_missing")]).await.filter(|v| *v >= 1.0)
     })
     .await;
-    assert_eq!(w.metric("cryptoviz_consumer_paused").await, Some(1.0));
+    assert_eq!(w.metric("cryptoviz_consumer_paused", &[]).await, Some(1.0));
     assert_eq!(w.get("/ready").await.map(|(s, _)| s), Some(503));
     sqlx::query(AssertSqlSafe(format!("ALTER SCHEMA \"{0}_later\" RENAME TO \"{0}\"", s.schema)))
         .execute(&mut c)
@@ -152,6 +150,6 @@ async fn not_ready_until_the_schema_exists_then_catches_up() {
     })
     .await;
     w.wait_ready().await;
-    assert_eq!(w.metric("cryptoviz_consumer_paused").await, Some(0.0));
+    assert_eq!(w.metric("cryptoviz_consumer_paused", &[]).await, Some(0.0));
     w.stop().await;
 }

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cryptoviz_crds::CryptoPipeline;
-use cryptoviz_tests::operator::{Operator, OperatorOptions, http_get, install_crd, namespace};
+use cryptoviz_tests::http;
+use cryptoviz_tests::operator::{Operator, OperatorOptions, install_crd, namespace};
 use cryptoviz_tests::podspec::{PodProcess, run_deployment};
 use cryptoviz_tests::standins::fixture;
 use cryptoviz_tests::standins::http::{HttpStandIn, Reply};
@@ -73,7 +74,7 @@ async fn wait_answers(p: &PodProcess, path: &str) {
     let deadline = tokio::time::Instant::now() + T;
     loop {
         assert!(p.running(), "a worker exited:\n{}", p.log_text());
-        if http_get(&url).await.is_some() {
+        if http::body(&url).await.is_some() {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "{url} never answered; the worker's log:\n{}", p.log_text());
@@ -219,8 +220,8 @@ async fn a_pipeline_applied_like_a_user_streams_real_data_end_to_end() {
     );
     sse.await.expect("the SSE client saw a crypto_update and an alert");
     for p in &pods {
-        assert!(http_get(&format!("{}/metrics", p.url)).await.unwrap().contains("# TYPE"), "{} /metrics", p.url);
-        assert!(http_get(&format!("{}/health", p.url)).await.is_some());
+        assert!(http::body(&format!("{}/metrics", p.url)).await.unwrap().contains("# TYPE"), "{} /metrics", p.url);
+        assert!(http::body(&format!("{}/health", p.url)).await.is_some());
     }
     wait_for("Ready=True with every condition True", T, || async {
         let s = pipelines.get(name).await.ok()?.status?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
+use cryptoviz_tests::{TestEnv, binary, http, metrics, unique, wait_for};
 use hmac::{KeyInit, Mac};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -132,14 +132,6 @@ impl Drop for TempDir {
     }
 }
 
-/// The worker binary `cargo build --bins` produced (`tests/run` builds it first).
-pub fn worker_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
-    let bin = target.join("debug/cryptoviz-worker");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p cryptoviz-workers --bins`", bin.display());
-    bin
-}
-
 impl Gateway {
     /// Start a gateway on `topic` and wait until it is ready (caught up with the topic).
     pub async fn start(topic: &Topic, opts: Opts) -> Gateway {
@@ -164,8 +156,8 @@ impl Gateway {
         );
         let path = dir.join("config.yaml");
         std::fs::write(&path, config).unwrap();
-        let mut cmd = Command::new(worker_binary());
-        cmd.args(["gateway", "--config"])
+        let mut cmd = Command::from(binary::worker("gateway"));
+        cmd.arg("--config")
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
@@ -202,16 +194,9 @@ impl Gateway {
         gw
     }
 
-    /// GET a path: (status, body).
+    /// GET a path: (status, body); status 0 when nothing answers.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let Ok(mut s) = TcpStream::connect(&self.addr).await else { return (0, String::new()) };
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
+        http::get(&format!("{}{path}", self.addr)).await.unwrap_or_default()
     }
 
     /// `/stats` as JSON.
@@ -229,12 +214,9 @@ impl Gateway {
         .await;
     }
 
-    /// The value of one sample line of `/metrics` (`name{labels}`), 0 when absent.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
+    /// Sum of the samples named `name` carrying every `(label, value)` in `labels` (0 when absent).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metrics::sum(&self.get("/metrics").await.1, name, labels)
     }
 
     /// The process id.

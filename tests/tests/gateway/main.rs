@@ -56,9 +56,9 @@ async fn events_arrive_in_order_with_monotonic_partition_offset_ids() {
     let stats = gw.stats().await;
     assert_eq!(stats["events_received"], 31);
     assert_eq!(stats["clients"], 1);
-    assert!(gw.metric("cryptoviz_gateway_deliveries_total").await >= 30.0);
-    assert_eq!(gw.metric("cryptoviz_gateway_clients").await, 1.0);
-    assert!(gw.metric("cryptoviz_gateway_latency_seconds_count").await >= 30.0);
+    assert!(gw.metric("cryptoviz_gateway_deliveries_total", &[]).await >= 30.0);
+    assert_eq!(gw.metric("cryptoviz_gateway_clients", &[]).await, 1.0);
+    assert!(gw.metric("cryptoviz_gateway_latency_seconds_count", &[]).await >= 30.0);
 }
 
 fn harness_name(symbol: &str) -> &str {
@@ -237,7 +237,7 @@ async fn a_client_that_never_reads_is_dropped_while_a_fast_client_keeps_receivin
         (s["dropped"] == 1 && s["clients"] == 1).then_some(())
     })
     .await;
-    assert_eq!(gw.metric(r#"cryptoviz_gateway_clients_dropped_total{reason="slow"}"#).await, 1.0);
+    assert_eq!(gw.metric("cryptoviz_gateway_clients_dropped_total", &[("reason", "slow")]).await, 1.0);
     // Its connection was closed: draining the socket now reaches the end.
     let mut slow = slow;
     tokio::time::timeout(Duration::from_secs(20), async { while slow.next_any().await.is_some() {} })
@@ -257,7 +257,7 @@ async fn max_clients_is_enforced_with_503_and_retry_after() {
     let refused = Client::connect(&gw.addr, "/stream", &[]).await;
     assert_eq!(refused.status, 503);
     assert!(refused.header("retry-after").is_some());
-    assert_eq!(gw.metric(r#"cryptoviz_gateway_rejected_total{reason="max_clients"}"#).await, 1.0);
+    assert_eq!(gw.metric("cryptoviz_gateway_rejected_total", &[("reason", "max_clients")]).await, 1.0);
     drop(a);
     let mut c = wait_for("a free slot after a client left", Duration::from_secs(10), || async {
         let c = Client::connect(&gw.addr, "/stream", &[]).await;
@@ -286,7 +286,7 @@ async fn jwt_is_required_when_configured_and_the_symbols_claim_is_honoured() {
     }
     let auth = format!("Bearer {btc_only}");
     assert_eq!(Client::connect(&gw.addr, "/stream?symbols=ETH", &[("Authorization", &auth)]).await.status, 403);
-    assert_eq!(gw.metric(r#"cryptoviz_gateway_rejected_total{reason="unauthorized"}"#).await, 3.0);
+    assert_eq!(gw.metric("cryptoviz_gateway_rejected_total", &[("reason", "unauthorized")]).await, 3.0);
 
     let mut header = Client::connect(&gw.addr, "/stream", &[("Authorization", &auth)]).await;
     let mut query = Client::connect(&gw.addr, &format!("/stream?access_token={btc_only}"), &[]).await;

@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use cryptoviz_crds::CryptoPipeline;
 use cryptoviz_crds::config::WorkerConfig;
-use cryptoviz_tests::operator::{
-    Operator, OperatorOptions, binary, create, free_port, http_get, install_crd, metric_sum, namespace, pipeline,
-};
+use cryptoviz_tests::operator::{Operator, OperatorOptions, create, free_port, install_crd, namespace, pipeline};
 use cryptoviz_tests::standins::ws::{Step, WsStandIn};
-use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
+use cryptoviz_tests::{TestEnv, binary, http, metrics, repo_root, unique, wait_for};
 use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota, Secret};
 use kube::Api;
 use kube::api::PostParams;
@@ -23,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::{alert_rules, dashboards, exprs, metric_names, prom_get, query, sample_names};
+use crate::support::{alert_rules, dashboards, exprs, metric_names, prom_get, query};
 
 /// A worker process, killed on drop.
 struct Proc {
@@ -41,7 +39,7 @@ impl Drop for Proc {
 fn start_worker(mode: &str, config: &Path, env: &[(&str, &str)], log: &Path) -> Proc {
     let port = free_port();
     let out = std::fs::File::create(log).unwrap();
-    let child = Command::new(binary("cryptoviz-worker"))
+    let child = Command::new(binary::path("cryptoviz-worker"))
         .arg(mode)
         .arg("--config")
         .arg(config)
@@ -164,7 +162,7 @@ async fn every_dashboard_query_and_alert_rule_works_against_the_real_processes()
     let workers = [("scraper", &scraper), ("scraper", &broken_scraper), ("consumer", &consumer), ("gateway", &gateway)];
     for (name, w) in workers {
         let url = format!("{}/metrics", w.url);
-        wait_for(&format!("{name} /metrics"), Duration::from_secs(30), || http_get(&url)).await;
+        wait_for(&format!("{name} /metrics"), Duration::from_secs(30), || http::body(&url)).await;
     }
 
     // ---- Prometheus scrapes them: targets labelled as a PodMonitor with the documented relabelling labels them
@@ -213,7 +211,7 @@ async fn every_dashboard_query_and_alert_rule_works_against_the_real_processes()
     });
     let gw_metrics = format!("{}/metrics", gateway.url);
     wait_for("two SSE clients", Duration::from_secs(20), || async {
-        (metric_sum(&http_get(&gw_metrics).await?, "cryptoviz_gateway_clients", &[]) == 2.0).then_some(())
+        (metrics::sum(&http::body(&gw_metrics).await?, "cryptoviz_gateway_clients", &[]) == 2.0).then_some(())
     })
     .await;
     let third = sse_request(tokio::net::TcpStream::connect(&gw_addr).await.unwrap()).await;
@@ -236,32 +234,32 @@ async fn every_dashboard_query_and_alert_rule_works_against_the_real_processes()
         r.unwrap();
     }
     wait_for("the gateway to drop the slow client", Duration::from_secs(60), || async {
-        let m = http_get(&gw_metrics).await?;
-        (metric_sum(&m, "cryptoviz_gateway_clients_dropped_total", &["reason=\"slow\""]) >= 1.0).then_some(())
+        let m = http::body(&gw_metrics).await?;
+        (metrics::sum(&m, "cryptoviz_gateway_clients_dropped_total", &[("reason", "slow")]) >= 1.0).then_some(())
     })
     .await;
     drop(slow);
     let cons_metrics = format!("{}/metrics", consumer.url);
     wait_for("a dead letter and rows written", Duration::from_secs(60), || async {
-        let m = http_get(&cons_metrics).await?;
-        (metric_sum(&m, "cryptoviz_consumer_dlq_messages_total", &[]) >= 1.0
-            && metric_sum(&m, "cryptoviz_consumer_rows_written_total", &[]) > 0.0
-            && metric_sum(&m, "cryptoviz_consumer_lag_messages", &[]) >= 0.0
+        let m = http::body(&cons_metrics).await?;
+        (metrics::sum(&m, "cryptoviz_consumer_dlq_messages_total", &[]) >= 1.0
+            && metrics::sum(&m, "cryptoviz_consumer_rows_written_total", &[]) > 0.0
+            && metrics::sum(&m, "cryptoviz_consumer_lag_messages", &[]) >= 0.0
             && m.contains("cryptoviz_consumer_lag_messages{"))
         .then_some(())
     })
     .await;
     wait_for("reconcile errors in the quota-bound namespace", Duration::from_secs(60), || async {
-        (operator.metric_sum("cryptoviz_operator_reconcile_errors_total", &["reason=\"kube_api\""]).await > 0.0)
+        (operator.metric_sum("cryptoviz_operator_reconcile_errors_total", &[("reason", "kube_api")]).await > 0.0)
             .then_some(())
     })
     .await;
     // Records the broker-less replica buffered time out after the producer's 30 s message timeout.
     let broken_metrics = format!("{}/metrics", broken_scraper.url);
     wait_for("delivery errors and drops from the broker-less scraper", Duration::from_secs(120), || async {
-        let m = http_get(&broken_metrics).await?;
-        (metric_sum(&m, "cryptoviz_scraper_producer_delivery_errors_total", &[]) > 0.0
-            && metric_sum(&m, "cryptoviz_scraper_messages_dropped_total", &["reason=\"queue_full\""]) > 0.0)
+        let m = http::body(&broken_metrics).await?;
+        (metrics::sum(&m, "cryptoviz_scraper_producer_delivery_errors_total", &[]) > 0.0
+            && metrics::sum(&m, "cryptoviz_scraper_messages_dropped_total", &[("reason", "queue_full")]) > 0.0)
             .then_some(())
     })
     .await;
@@ -269,7 +267,8 @@ async fn every_dashboard_query_and_alert_rule_works_against_the_real_processes()
     // ---- what the processes export
     let mut exported = BTreeSet::new();
     for url in [&scraper.url, &broken_scraper.url, &consumer.url, &gateway.url, &operator.url] {
-        exported.extend(sample_names(&http_get(&format!("{url}/metrics")).await.expect("/metrics")));
+        let text = http::body(&format!("{url}/metrics")).await.expect("/metrics");
+        exported.extend(metrics::parse(&text).into_iter().map(|s| s.name));
     }
     exported.insert("up".to_string());
 

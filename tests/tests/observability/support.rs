@@ -103,14 +103,6 @@ fn is_ident(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == ':'
 }
 
-/// Sample names in Prometheus/OpenMetrics text.
-pub fn sample_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
-        .collect()
-}
-
 /// GET a Prometheus API path with form parameters; the JSON body, whatever the status (errors are JSON too).
 pub async fn prom_get(base: &str, path: &str, params: &[(&str, &str)]) -> Option<Value> {
     let out = tokio::process::Command::new("curl")

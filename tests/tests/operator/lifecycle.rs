@@ -226,8 +226,7 @@ async fn a_resync_with_nothing_changed_makes_zero_writes() {
         (condition(&pipelines, "calm", "Ready").await?.0 == "True").then_some(())
     })
     .await;
-    let reconciles =
-        |m: String| cryptoviz_tests::operator::metric_sum(&m, "cryptoviz_operator_reconciliations_total", &[]);
+    let reconciles = |m: String| cryptoviz_tests::metrics::sum(&m, "cryptoviz_operator_reconciliations_total", &[]);
     // Let in-flight events settle: wait until several resyncs pass with no write in between.
     let (children, pipeline_rv, writes, seen) =
         wait_for("a quiet period of 3 resyncs", Duration::from_secs(60), || async {
@@ -269,7 +268,7 @@ async fn a_paused_pipeline_gets_no_writes() {
     })
     .await;
     assert!(child_versions(&client, &ns).await.is_empty(), "no children while paused");
-    assert_eq!(op.metric_sum("cryptoviz_operator_api_writes_total", &["kind=\"Deployment\""]).await, 0.0);
+    assert_eq!(op.metric_sum("cryptoviz_operator_api_writes_total", &[("kind", "Deployment")]).await, 0.0);
 
     // The annotation pauses too: unpause the spec but set the annotation.
     let reconciles = op.metric_sum("cryptoviz_operator_reconciliations_total", &[]).await;

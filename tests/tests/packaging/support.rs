@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cryptoviz_tests::operator::{binary, free_port, http_get};
-use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
+use cryptoviz_tests::operator::free_port;
+use cryptoviz_tests::{TestEnv, binary, http, repo_root, unique, wait_for};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
@@ -237,7 +237,7 @@ impl OperatorProcess {
         let port = free_port();
         let log = env.state_dir().join(format!("{}.operator.log", unique("pkg-op")));
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(binary("cryptoviz-operator"));
+        let mut cmd = Command::new(binary::path("cryptoviz-operator"));
         cmd.env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,cryptoviz_operator=debug,kube=warn")
             .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--log-format", "json"])
@@ -249,7 +249,7 @@ impl OperatorProcess {
         let child = cmd.spawn().expect("start cryptoviz-operator");
         let op = OperatorProcess { child, log };
         let url = format!("http://127.0.0.1:{port}/readyz");
-        wait_for("the operator's /readyz", Duration::from_secs(30), || async { http_get(&url).await.map(|_| ()) })
+        wait_for("the operator's /readyz", Duration::from_secs(30), || async { http::body(&url).await.map(|_| ()) })
             .await;
         op
     }

@@ -1,10 +1,11 @@
 use std::time::Duration;
 
+use cryptoviz_tests::metrics;
 use cryptoviz_tests::standins::frames;
 use cryptoviz_tests::standins::ws::{Step, WsStandIn, send_all};
 use serde_json::json;
 
-use crate::harness::{Scraper, assert_key_partitions_stable, config, consume_until, metric, of, topics};
+use crate::harness::{Scraper, assert_key_partitions_stable, config, consume_until, of, topics};
 
 /// Binance combined streams: the streams are in the URL, pings are answered, `serverShutdown` makes the
 /// scraper reconnect, string prices stay exact, USD pipelines read USDT pairs, a repeated trade is produced
@@ -53,8 +54,9 @@ async fn combined_stream_answers_pings_and_reconnects_on_server_shutdown() {
     assert_key_partitions_stable(&recs);
 
     let text = scraper.get("/metrics").await.1;
-    let m =
-        |name: &'static str, reason: &'static str| metric(&text, name, &[("source", "binance"), ("reason", reason)]);
+    let m = |name: &'static str, reason: &'static str| {
+        metrics::sum(&text, name, &[("source", "binance"), ("reason", reason)])
+    };
     assert_eq!(m("cryptoviz_scraper_reconnects_total", "server_shutdown"), 1.0);
     assert_eq!(m("cryptoviz_scraper_messages_deduplicated_total", "duplicate_trade"), 1.0);
     assert_eq!(m("cryptoviz_scraper_messages_dropped_total", "unexpected_shape"), 1.0);

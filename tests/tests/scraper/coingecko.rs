@@ -1,11 +1,12 @@
 use std::time::Duration;
 
+use cryptoviz_tests::metrics;
 use cryptoviz_tests::standins::fixture;
 use cryptoviz_tests::standins::http::{HttpStandIn, Reply};
 use cryptoviz_tests::wait_for;
 use serde_json::json;
 
-use crate::harness::{Scraper, assert_key_partitions_stable, config, consume_until, metric, of, topics};
+use crate::harness::{Scraper, assert_key_partitions_stable, config, consume_until, of, topics};
 
 const KEY: &str = "cg-demo-secret-7f3a9";
 
@@ -63,12 +64,12 @@ async fn rest_source_survives_rate_limits_errors_and_bad_bodies_and_alerts_once(
 
     let text = scraper.get("/metrics").await.1;
     let m = |reason: &'static str| {
-        metric(&text, "cryptoviz_scraper_messages_dropped_total", &[("source", "coingecko"), ("reason", reason)])
+        metrics::sum(&text, "cryptoviz_scraper_messages_dropped_total", &[("source", "coingecko"), ("reason", reason)])
     };
     assert_eq!(m("malformed_json"), 1.0);
     assert_eq!(m("invalid_number"), 1.0);
     let e = |reason: &'static str| {
-        metric(&text, "cryptoviz_scraper_request_errors_total", &[("source", "coingecko"), ("reason", reason)])
+        metrics::sum(&text, "cryptoviz_scraper_request_errors_total", &[("source", "coingecko"), ("reason", reason)])
     };
     assert_eq!(e("rate_limited"), 1.0);
     assert_eq!(e("server_error"), 1.0);

@@ -1,10 +1,11 @@
 use std::time::Duration;
 
+use cryptoviz_tests::metrics;
 use cryptoviz_tests::standins::fixture;
 use cryptoviz_tests::standins::http::{HttpStandIn, Reply};
 use serde_json::json;
 
-use crate::harness::{Scraper, config, consume_until, metric, of, topics};
+use crate::harness::{Scraper, config, consume_until, of, topics};
 
 const KEY: &str = "cmc-secret-0b1c2d";
 
@@ -33,7 +34,7 @@ async fn error_status_is_counted_and_quotes_are_exact() {
 
     let text = scraper.get("/metrics").await.1;
     let m = |name: &'static str, reason: &'static str| {
-        metric(&text, name, &[("source", "coinmarketcap"), ("reason", reason)])
+        metrics::sum(&text, name, &[("source", "coinmarketcap"), ("reason", reason)])
     };
     assert_eq!(m("cryptoviz_scraper_messages_dropped_total", "api_error"), 1.0);
     assert_eq!(m("cryptoviz_scraper_request_errors_total", "rate_limited"), 1.0);

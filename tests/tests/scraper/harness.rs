@@ -2,17 +2,16 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
+use cryptoviz_tests::{TestEnv, binary, http, metrics, unique, wait_for};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn kafka() -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -65,13 +64,6 @@ pub struct Scraper {
     log: PathBuf,
 }
 
-fn binary() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
-    let p = target.join("debug/cryptoviz-worker");
-    assert!(p.exists(), "{} is missing: run `cargo build -p cryptoviz-workers` first", p.display());
-    p
-}
-
 impl Scraper {
     /// Start the binary with this configuration and extra environment; wait until it serves HTTP.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Self {
@@ -80,8 +72,8 @@ impl Scraper {
         let cfg = dir.join("config.yaml");
         std::fs::write(&cfg, config).unwrap();
         let log = dir.join("scraper.log");
-        let child = Command::new(binary())
-            .args(["scraper", "--config"])
+        let child = binary::worker("scraper")
+            .arg("--config")
             .arg(&cfg)
             .args(["--listen", "127.0.0.1:0"])
             .env("CRYPTOVIZ_LOG_FORMAT", "json")
@@ -118,19 +110,12 @@ impl Scraper {
 
     /// GET a path; (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let addr = self.url.trim_start_matches("http://");
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the scraper");
-        tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-        let mut resp = String::new();
-        tcp.read_to_string(&mut resp).await.unwrap();
-        let status = resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
+        http::get(&format!("{}{path}", self.url)).await.expect("the scraper answers HTTP")
     }
 
     /// Sum of the series of metric `name` whose labels include `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(&self.get("/metrics").await.1, name, labels)
+        metrics::sum(&self.get("/metrics").await.1, name, labels)
     }
 
     /// Wait until a metric reaches at least `min`.
@@ -147,19 +132,6 @@ impl Drop for Scraper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Sum of the samples of `name` carrying every label in `labels`.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
 }
 
 /// A record as the tests see it.

@@ -7,16 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cryptoviz_tests::browser::Browser;
-use cryptoviz_tests::operator::{binary, free_port, http_get};
+use cryptoviz_tests::operator::free_port;
 use cryptoviz_tests::process::{SIGINT, SIGTERM};
 use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
+use cryptoviz_tests::{binary, http};
 use cryptoviz_workers::message::Message;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The first live event must follow the first answer of `/health` within this.
@@ -48,7 +49,7 @@ impl Standalone {
     /// Start it with `args` on a free loopback port.
     fn start(args: &[&str]) -> Standalone {
         let port = free_port();
-        let mut child = Command::new(binary("cryptoviz-worker"))
+        let mut child = Command::new(binary::path("cryptoviz-worker"))
             .arg("standalone")
             .args(args)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -70,10 +71,10 @@ impl Standalone {
 
     /// The first moment `/health` answers 200, polled every 10 ms (a deadline, not a sleep).
     async fn health(&mut self) -> Instant {
-        let addr = self.base.trim_start_matches("http://").to_string();
+        let url = format!("{}/health", self.base);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if status(&addr, "/health").await == Some(200) {
+            if http::get(&url).await.is_some_and(|(status, _)| status == 200) {
                 return Instant::now();
             }
             if let Ok(Some(exit)) = self.child.try_wait() {
@@ -100,7 +101,7 @@ impl Standalone {
     }
 
     async fn get(&self, path: &str) -> String {
-        http_get(&format!("{}{path}", self.base)).await.unwrap_or_else(|| panic!("GET {path} answers 2xx"))
+        http::body(&format!("{}{path}", self.base)).await.unwrap_or_else(|| panic!("GET {path} answers 2xx"))
     }
 
     /// Send `signal` (SIGINT is Ctrl-C) and wait for the exit status (30 s at most).
@@ -111,15 +112,6 @@ impl Standalone {
             .unwrap_or_else(|_| panic!("standalone exits within 30 s of signal {signal}"))
             .unwrap()
     }
-}
-
-/// The status code of `GET path` on `addr`, or `None` when nothing answers.
-async fn status(addr: &str, path: &str) -> Option<u16> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `curl -N` on `/stream`: one parsed `data:` object per event (curl de-chunks for us).
@@ -207,8 +199,10 @@ async fn default_command_streams_events_within_two_seconds_and_stops_on_ctrl_c()
     };
     assert!(sample(r#"cryptoviz_scraper_messages_produced_total{source="synthetic",role="stream"}"#) > 0.0);
     assert!(sample("cryptoviz_gateway_events_received_total") > 0.0);
-    wait_for("/ready", Duration::from_secs(10), || async { http_get(&format!("{}/ready", sa.base)).await.map(|_| ()) })
-        .await;
+    wait_for("/ready", Duration::from_secs(10), || async {
+        http::body(&format!("{}/ready", sa.base)).await.map(|_| ())
+    })
+    .await;
 
     let exit = sa.stop(SIGINT).await;
     assert!(exit.success(), "clean exit on Ctrl-C: {exit}\n{}", sa.stderr());
@@ -252,7 +246,7 @@ async fn invalid_pipeline_file_names_the_field_paths_and_exits_non_zero() {
     );
     let out = tokio::time::timeout(
         Duration::from_secs(30),
-        Command::new(binary("cryptoviz-worker"))
+        Command::new(binary::path("cryptoviz-worker"))
             .args(["standalone", "-f"])
             .arg(&file)
             .args(["--listen", &format!("127.0.0.1:{}", free_port())])

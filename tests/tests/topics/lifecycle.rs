@@ -150,17 +150,11 @@ async fn a_resync_without_drift_sends_no_admin_writes() {
         let m = op.metrics().await;
         ["create_topics", "alter_configs", "create_partitions", "delete_topics"]
             .iter()
-            .map(|o| {
-                cryptoviz_tests::operator::metric_sum(
-                    &m,
-                    "cryptoviz_operator_external_calls_total",
-                    &[&format!("operation=\"{o}\"")],
-                )
-            })
+            .map(|o| cryptoviz_tests::metrics::sum(&m, "cryptoviz_operator_external_calls_total", &[("operation", o)]))
             .sum::<f64>()
     };
     let describes = || async {
-        op.metric_sum("cryptoviz_operator_external_calls_total", &["operation=\"describe_configs\""]).await
+        op.metric_sum("cryptoviz_operator_external_calls_total", &[("operation", "describe_configs")]).await
     };
     // Start counting once a resync has seen the topics after they were provisioned: right after creation the
     // broker may still describe a new topic's configs as they were before (one CI run saw an alter there).

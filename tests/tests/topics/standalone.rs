@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cryptoviz_tests::operator::{binary, pipeline_json};
+use cryptoviz_tests::binary;
+use cryptoviz_tests::operator::pipeline_json;
 use cryptoviz_tests::{repo_root, unique, wait_for};
 use rdkafka::admin::ResourceSpecifier;
 use serde_json::json;
@@ -41,7 +42,7 @@ async fn standalone_and_the_operator_create_the_same_topics_for_one_manifest() {
     std::fs::write(&file, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
 
     let bootstrap = cryptoviz_tests::TestEnv::get().kafka_bootstrap().to_string();
-    let mut sa = tokio::process::Command::new(binary("cryptoviz-worker"))
+    let mut sa = tokio::process::Command::new(binary::path("cryptoviz-worker"))
         .args(["standalone", "--listen", "127.0.0.1:0", "-f", file.to_str().unwrap(), "--kafka", &bootstrap])
         .current_dir(repo_root())
         .stdin(Stdio::null())

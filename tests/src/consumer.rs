@@ -1,18 +1,17 @@
 //! The consumer under test as the cluster runs it: the real `cryptoviz-worker consumer` process, its configuration
 //! rendered from a CryptoPipeline, its schema created by the operator's storage reconciler, its topics on the real
-//! broker. Shared by the consumer test binaries (`#[path]`-included by the disruptive ones).
-
-#![allow(dead_code)]
+//! broker. Used by the consumer test binaries (`tests/consumer`, and the disruptive `consumer_crash` and
+//! `consumer_db_restart`).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
+use crate::{TestEnv, binary, http, metrics, unique, wait_for};
 use cryptoviz_crds::config::WorkerConfig;
 use cryptoviz_crds::{CryptoPipeline, CryptoPipelineSpec};
 use cryptoviz_operator::metrics::Metrics;
 use cryptoviz_operator::storage::Storage;
-use cryptoviz_tests::{TestEnv, repo_root, unique, wait_for};
 use prometheus_client::registry::Registry;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -176,24 +175,15 @@ pub struct Worker {
     pub port: u16,
 }
 
-/// The worker binary `cargo build --bins` produced.
-fn worker_binary() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
-    let bin = target.join("debug/cryptoviz-worker");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
-    bin
-}
-
 impl Worker {
     fn start(s: &Setup) -> Worker {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(worker_binary())
-            .args(["consumer", "--config"])
+        let child = binary::worker("consumer")
+            .arg("--config")
             .arg(&s.config_path)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("CRYPTOVIZ_DATABASE_URL", &s.db_url)
             .env("RUST_LOG", "info,rdkafka=warn,sqlx=warn")
-            .stdin(Stdio::null())
             .spawn()
             .unwrap();
         Worker { child, port }
@@ -207,7 +197,7 @@ impl Worker {
 
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) {
-        cryptoviz_tests::process::signal(self.child.id(), cryptoviz_tests::process::SIGTERM).unwrap();
+        crate::process::signal(self.child.id(), crate::process::SIGTERM).unwrap();
         let child = &mut self.child;
         let status = wait_for("the consumer to exit after SIGTERM", Duration::from_secs(30), || {
             let r = child.try_wait().unwrap();
@@ -219,24 +209,14 @@ impl Worker {
 
     /// GET a path of its HTTP server: (status, body); None while it does not answer.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.ok()?;
-        let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((status, body))
+        http::get(&format!("127.0.0.1:{}{path}", self.port)).await
     }
 
-    /// The value of one metric sample (`name{labels}` exactly as exposed), 0 when absent.
-    pub async fn metric(&self, sample: &str) -> Option<f64> {
+    /// Sum of the samples named `name` carrying every `(label, value)` in `labels` (0 when absent); None
+    /// while the server does not answer.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let (_, body) = self.get("/metrics").await?;
-        Some(
-            body.lines()
-                .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')).map(|v| v.parse().unwrap()))
-                .unwrap_or(0.0),
-        )
+        Some(metrics::sum(&body, name, labels))
     }
 
     /// Wait until /ready says 200.
