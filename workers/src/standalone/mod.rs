@@ -168,7 +168,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 n += 1;
                 metrics.queue_depth.set(publisher.queue_depth() as i64);
                 let (live, ready) =
-                    scraper::assess_health(&statuses, publisher.connected(), Utc::now().timestamp_millis());
+                    scraper::health::assess_health(&statuses, publisher.connected(), Utc::now().timestamp_millis());
                 health.set_live(live && others.iter().all(|h| h.live.load(Ordering::Relaxed)));
                 health.set_ready(ready && others.iter().all(|h| h.ready.load(Ordering::Relaxed)));
             }
