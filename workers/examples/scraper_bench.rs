@@ -75,7 +75,7 @@ fn publisher(cfg: &WorkerConfig) -> (Arc<KafkaPublisher>, Arc<Mutex<Vec<Duration
             l.lock().unwrap().push(d);
         }
     });
-    let metrics = ProducerMetrics::register(&mut Registry::default(), "bench");
+    let metrics = ProducerMetrics::register(Registry::default().sub_registry_with_prefix("bench"));
     let options =
         ProducerOptions { max_buffered_messages: 1_000_000, max_buffered_kbytes: 1024 * 1024, ..Default::default() };
     (Arc::new(KafkaPublisher::new(&cfg.kafka, &options, metrics, Some(observer)).expect("producer")), lat)
