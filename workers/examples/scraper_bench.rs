@@ -20,10 +20,11 @@ use cryptoviz_crds::SourceKind;
 use cryptoviz_crds::config::WorkerConfig;
 use cryptoviz_workers::bus::kafka::{AckObserver, KafkaPublisher, ProducerMetrics, ProducerOptions, client_config};
 use cryptoviz_workers::bus::{OutRecord, Publisher};
-use cryptoviz_workers::scraper::{Metrics, Sink};
+use cryptoviz_workers::scraper::{Metrics, Outlet};
 use cryptoviz_workers::sources::Source;
 use cryptoviz_workers::sources::binance::Binance;
 use cryptoviz_workers::sources::synthetic::Market;
+use cryptoviz_workers::sources::transport::deliver;
 use prometheus_client::registry::Registry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -74,7 +75,7 @@ fn publisher(cfg: &WorkerConfig) -> (Arc<KafkaPublisher>, Arc<Mutex<Vec<Duration
             l.lock().unwrap().push(d);
         }
     });
-    let metrics = ProducerMetrics::register(&mut Registry::default(), "bench");
+    let metrics = ProducerMetrics::register(Registry::default().sub_registry_with_prefix("bench"));
     let options =
         ProducerOptions { max_buffered_messages: 1_000_000, max_buffered_kbytes: 1024 * 1024, ..Default::default() };
     (Arc::new(KafkaPublisher::new(&cfg.kafka, &options, metrics, Some(observer)).expect("producer")), lat)
@@ -167,13 +168,13 @@ fn main() {
         admin.create_topics(&topics, &AdminOptions::new()).await.unwrap();
     });
     let metrics = Arc::new(Metrics::register(&mut Registry::default()));
-    // The sink is synchronous; it only needs to be called. Everything runs on this one thread (+ librdkafka's).
+    // The outlet is synchronous; it only needs to be called. Everything runs on this one thread (+ librdkafka's).
     let mut runs = Vec::new();
 
-    // 1. Synthetic market → sink → Kafka.
+    // 1. Synthetic market → outlet → Kafka.
     if wanted("synthetic") {
         let (p, lat) = publisher(&cfg);
-        let (sink, _) = Sink::new(SourceKind::Synthetic, &cfg, p.clone(), metrics.clone());
+        let (outlet, _) = Outlet::new(SourceKind::Synthetic, &cfg, p.clone(), metrics.clone());
         let mut market = Market::new(&cfg.symbols, &cfg.quote, 1);
         let start = Instant::now();
         let mut sent = 0;
@@ -183,7 +184,7 @@ fn main() {
             while p.queue_depth() > 900_000 {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            sink.emit(batch);
+            outlet.emit(batch);
         }
         runs.push(finish("synthetic → sink → kafka", &p, lat, sent, start));
     }
@@ -192,17 +193,17 @@ fn main() {
     let rate: u64 = std::env::var("PACED_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(50_000);
     if wanted("paced") {
         let (p, lat) = publisher(&cfg);
-        let (sink, _) = Sink::new(SourceKind::Synthetic, &cfg, p.clone(), metrics.clone());
+        let (outlet, _) = Outlet::new(SourceKind::Synthetic, &cfg, p.clone(), metrics.clone());
         let mut market = Market::new(&cfg.symbols, &cfg.quote, 2);
         runs.push(paced(format!("synthetic paced {rate}/s"), rate, &p, lat, || {
             let batch = market.step(Utc::now());
             let n = batch.len() as u64;
-            sink.emit(batch);
+            outlet.emit(batch);
             n
         }));
     }
 
-    // 2. Binance frames → parse → sink → Kafka (trade ids unique so dedup passes everything).
+    // 2. Binance frames → parse → outlet → Kafka (trade ids unique so dedup passes everything).
     let frames: Vec<String> = (0..n)
         .map(|i| {
             let sym = ["BTC", "ETH", "SOL", "BNB"][(i % 4) as usize];
@@ -216,13 +217,13 @@ fn main() {
     if wanted("binance") {
         let (p, lat) = publisher(&cfg);
         let source = Binance::new(&cfg, &cfg.sources[0]);
-        let (sink, _) = Sink::new(SourceKind::Binance, &cfg, p.clone(), metrics.clone());
+        let (outlet, _) = Outlet::new(SourceKind::Binance, &cfg, p.clone(), metrics.clone());
         let start = Instant::now();
         for f in &frames {
             while p.queue_depth() > 900_000 {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            sink.frame(&source, f.as_bytes());
+            deliver(&|f, at| source.parse(f, at), &outlet, f.as_bytes());
         }
         runs.push(finish("binance replay → kafka", &p, lat, n, start));
     }
@@ -231,10 +232,10 @@ fn main() {
     if wanted("binance-paced") {
         let (p, lat) = publisher(&cfg);
         let source = Binance::new(&cfg, &cfg.sources[0]);
-        let (sink, _) = Sink::new(SourceKind::Binance, &cfg, p.clone(), metrics.clone());
+        let (outlet, _) = Outlet::new(SourceKind::Binance, &cfg, p.clone(), metrics.clone());
         let mut next = frames.iter().cycle();
         runs.push(paced(format!("binance paced {rate}/s"), rate, &p, lat, || {
-            sink.frame(&source, next.next().expect("frames").as_bytes());
+            deliver(&|f, at| source.parse(f, at), &outlet, next.next().expect("frames").as_bytes());
             1
         }));
     }
@@ -242,10 +243,10 @@ fn main() {
     // 2b. The same frames with no producer at all: what the scraper's own code costs per message.
     if wanted("discard") {
         let source = Binance::new(&cfg, &cfg.sources[0]);
-        let (sink, _) = Sink::new(SourceKind::Binance, &cfg, Arc::new(Discard), metrics.clone());
+        let (outlet, _) = Outlet::new(SourceKind::Binance, &cfg, Arc::new(Discard), metrics.clone());
         let start = Instant::now();
         for f in &frames {
-            sink.frame(&source, f.as_bytes());
+            deliver(&|f, at| source.parse(f, at), &outlet, f.as_bytes());
         }
         runs.push(Run {
             name: "binance replay, no producer".into(),

@@ -39,22 +39,19 @@ pub struct ProducerMetrics {
 }
 
 impl ProducerMetrics {
-    /// Metrics registered under `prefix` (e.g. `cryptoviz_scraper_producer`).
-    pub fn register(registry: &mut Registry, prefix: &str) -> Self {
+    /// Register every family in `registry`, a sub-registry carrying the caller's prefix (the scraper's is
+    /// `cryptoviz_scraper_producer`).
+    pub fn register(registry: &mut Registry) -> Self {
         let m = ProducerMetrics {
             acked: Counter::default(),
             delivery_errors: Family::default(),
             // 0.5 ms .. ~16 s: the p99 target is 20 ms; the tail shows broker outages.
             ack_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         };
-        registry.register(format!("{prefix}_acked"), "Records acknowledged by Kafka", m.acked.clone());
+        registry.register("acked", "Records acknowledged by Kafka", m.acked.clone());
+        registry.register("delivery_errors", "Records Kafka failed to deliver, by error", m.delivery_errors.clone());
         registry.register(
-            format!("{prefix}_delivery_errors"),
-            "Records Kafka failed to deliver, by error",
-            m.delivery_errors.clone(),
-        );
-        registry.register(
-            format!("{prefix}_ack_latency_seconds"),
+            "ack_latency_seconds",
             "Time from publish to the broker's acknowledgement",
             m.ack_latency.clone(),
         );

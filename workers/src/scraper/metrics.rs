@@ -1,4 +1,5 @@
-//! The scraper's metrics, registered once. Every label set is bounded: sources and reasons are fixed lists.
+//! The scraper's metrics: one struct, every family registered once under `cryptoviz_scraper` (the producer's
+//! under `cryptoviz_scraper_producer`). Every label set is bounded: sources and reasons are fixed lists.
 
 use std::sync::atomic::AtomicU64;
 
@@ -67,8 +68,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Register every family in `registry`.
+    /// Register every family in `registry`, under `cryptoviz_scraper`.
     pub fn register(registry: &mut Registry) -> Self {
+        let r = registry.sub_registry_with_prefix("cryptoviz_scraper");
         let m = Metrics {
             payloads_received: Family::default(),
             received: Family::default(),
@@ -82,30 +84,87 @@ impl Metrics {
             request_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 12))),
             last_message: Family::default(),
             queue_depth: Gauge::default(),
-            producer: ProducerMetrics::register(registry, "cryptoviz_scraper_producer"),
+            producer: ProducerMetrics::register(r.sub_registry_with_prefix("producer")),
         };
-        let p = "cryptoviz_scraper";
-        let r = registry;
-        r.register(format!("{p}_payloads_received"), "Payloads received", m.payloads_received.clone());
-        r.register(format!("{p}_messages_received"), "Messages parsed, before dedup", m.received.clone());
-        r.register(format!("{p}_messages_produced"), "Records handed to the producer", m.produced.clone());
-        r.register(format!("{p}_messages_dropped"), "Payloads or messages lost, by reason", m.dropped.clone());
-        r.register(format!("{p}_messages_deduplicated"), "Messages withheld as repeats", m.deduplicated.clone());
-        r.register(format!("{p}_alerts"), "Price-move alerts emitted", m.alerts.clone());
-        r.register(format!("{p}_source_up"), "Whether the source delivers", m.source_up.clone());
-        r.register(format!("{p}_reconnects"), "Stream reconnects, by cause", m.reconnects.clone());
-        r.register(format!("{p}_request_errors"), "Failed requests, by reason", m.request_errors.clone());
+        r.register("payloads_received", "Payloads received", m.payloads_received.clone());
+        r.register("messages_received", "Messages parsed, before dedup", m.received.clone());
+        r.register("messages_produced", "Records handed to the producer", m.produced.clone());
+        r.register("messages_dropped", "Payloads or messages lost, by reason", m.dropped.clone());
+        r.register("messages_deduplicated", "Messages withheld as repeats", m.deduplicated.clone());
+        r.register("alerts", "Price-move alerts emitted", m.alerts.clone());
+        r.register("source_up", "Whether the source delivers", m.source_up.clone());
+        r.register("reconnects", "Stream reconnects, by cause", m.reconnects.clone());
+        r.register("request_errors", "Failed requests, by reason", m.request_errors.clone());
         r.register(
-            format!("{p}_request_duration_seconds"),
+            "request_duration_seconds",
             "REST request and WebSocket handshake duration",
             m.request_duration.clone(),
         );
         r.register(
-            format!("{p}_last_message_timestamp_seconds"),
+            "last_message_timestamp_seconds",
             "Unix time of the last payload from the source",
             m.last_message.clone(),
         );
-        r.register(format!("{p}_producer_queue_depth"), "Records not yet acknowledged", m.queue_depth.clone());
+        r.register("producer_queue_depth", "Records not yet acknowledged", m.queue_depth.clone());
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    /// The names Prometheus stores, as the dashboards, the alert rules and the integration tests query them.
+    #[test]
+    fn exports_exactly_the_documented_names() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        // A family without a series exports nothing: one series each.
+        let (source, reason) = ("kraken", "closed");
+        let _ = m.payloads_received.get_or_create(&SourceLabels { source });
+        let _ = m.received.get_or_create(&SourceLabels { source });
+        let _ = m.produced.get_or_create(&RoleLabels { source, role: "raw" });
+        let _ = m.dropped.get_or_create(&ReasonLabels { source, reason });
+        let _ = m.deduplicated.get_or_create(&ReasonLabels { source, reason });
+        let _ = m.alerts.get_or_create(&SourceLabels { source });
+        let _ = m.source_up.get_or_create(&SourceLabels { source });
+        let _ = m.reconnects.get_or_create(&ReasonLabels { source, reason });
+        let _ = m.request_errors.get_or_create(&ReasonLabels { source, reason });
+        let _ = m.request_duration.get_or_create(&SourceLabels { source });
+        let _ = m.last_message.get_or_create(&SourceLabels { source });
+        let _ = m.producer.delivery_errors.get_or_create(&vec![("code", "timeout".to_owned())]);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let mut names: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| match l.split_once(' ') {
+                Some((name, "counter")) => format!("{name}_total"),
+                Some((name, _)) => name.to_owned(),
+                None => panic!("a TYPE line without a type: {l}"),
+            })
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "cryptoviz_scraper_alerts_total",
+                "cryptoviz_scraper_last_message_timestamp_seconds",
+                "cryptoviz_scraper_messages_deduplicated_total",
+                "cryptoviz_scraper_messages_dropped_total",
+                "cryptoviz_scraper_messages_produced_total",
+                "cryptoviz_scraper_messages_received_total",
+                "cryptoviz_scraper_payloads_received_total",
+                "cryptoviz_scraper_producer_ack_latency_seconds",
+                "cryptoviz_scraper_producer_acked_total",
+                "cryptoviz_scraper_producer_delivery_errors_total",
+                "cryptoviz_scraper_producer_queue_depth",
+                "cryptoviz_scraper_reconnects_total",
+                "cryptoviz_scraper_request_duration_seconds",
+                "cryptoviz_scraper_request_errors_total",
+                "cryptoviz_scraper_source_up",
+            ]
+        );
     }
 }

@@ -19,9 +19,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use super::{ParseError, Parsed, Source, StreamPlan};
+use super::Source;
+use super::parsed::{Downstream, ParseError, Parsed};
+use super::transport::ws::{StreamPlan, websocket_loop};
 use crate::message::{Decimal, Message, SCHEMA_VERSION, Side, Tick, Trade};
-use crate::scraper::Sink;
 
 /// Public endpoint.
 pub const DEFAULT_BASE_URL: &str = "wss://stream.binance.com:9443";
@@ -194,7 +195,7 @@ impl Binance {
                 price: Decimal::parse(ev.price?).ok()?,
                 quantity: Decimal::parse(ev.quantity?).ok()?,
                 side: Some(if ev.buyer_is_maker? { Side::Sell } else { Side::Buy }),
-                exchange_time: super::time_from_millis(ev.trade_time?).ok()?,
+                exchange_time: super::parsed::time_from_millis(ev.trade_time?).ok()?,
                 received_at,
             })),
             "24hrTicker" => {
@@ -213,7 +214,7 @@ impl Binance {
                     volume_24h: dec(ev.volume)?,
                     market_cap: None,
                     change_24h_pct: dec(ev.change_pct)?,
-                    exchange_time: super::time_from_millis(ev.event_time?).ok()?,
+                    exchange_time: super::parsed::time_from_millis(ev.event_time?).ok()?,
                     received_at,
                 }))
             }
@@ -243,7 +244,7 @@ impl Binance {
                     price: Decimal::parse(t.price)?,
                     quantity: Decimal::parse(t.quantity)?,
                     side: Some(if t.buyer_is_maker { Side::Sell } else { Side::Buy }),
-                    exchange_time: super::time_from_millis(t.trade_time)?,
+                    exchange_time: super::parsed::time_from_millis(t.trade_time)?,
                     received_at,
                 })
             }
@@ -262,7 +263,7 @@ impl Binance {
                     volume_24h: opt(t.volume)?,
                     market_cap: None,
                     change_24h_pct: opt(t.change_pct)?,
-                    exchange_time: super::time_from_millis(t.event_time)?,
+                    exchange_time: super::parsed::time_from_millis(t.event_time)?,
                     received_at,
                 })
             }
@@ -285,13 +286,13 @@ impl Source for Binance {
         }
     }
 
-    fn run(self: Arc<Self>, sink: Sink) -> BoxFuture<'static, ()> {
+    fn run(self: Arc<Self>, out: Arc<dyn Downstream>) -> BoxFuture<'static, ()> {
         let plans = self.plans();
         let tasks: Vec<_> = plans
             .into_iter()
             .map(|plan| {
-                let source: Arc<dyn Source> = self.clone();
-                super::websocket_loop(source, plan, sink.clone())
+                let source = self.clone();
+                websocket_loop(move |frame, at| source.parse(frame, at), plan, out.clone())
             })
             .collect();
         async move {

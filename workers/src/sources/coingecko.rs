@@ -15,9 +15,10 @@ use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::value::RawValue;
 
-use super::{ParseError, Parsed, PollPlan, Source};
+use super::Source;
+use super::parsed::{Downstream, ParseError, Parsed};
+use super::transport::rest::{PollPlan, poll_loop};
 use crate::message::{Decimal, Message, SCHEMA_VERSION, Tick};
-use crate::scraper::Sink;
 
 /// Public API base URL (the pro API is `https://pro-api.coingecko.com`).
 pub const DEFAULT_BASE_URL: &str = "https://api.coingecko.com";
@@ -121,7 +122,7 @@ impl Source for CoinGecko {
             let exchange_time = match fields.get("last_updated_at") {
                 Some(v) => {
                     let secs: i64 = serde_json::from_str(v.get())?;
-                    super::time_from_millis(secs.saturating_mul(1000))?
+                    super::parsed::time_from_millis(secs.saturating_mul(1000))?
                 }
                 None => received_at,
             };
@@ -143,9 +144,9 @@ impl Source for CoinGecko {
         Ok(out.into())
     }
 
-    fn run(self: Arc<Self>, sink: Sink) -> BoxFuture<'static, ()> {
+    fn run(self: Arc<Self>, out: Arc<dyn Downstream>) -> BoxFuture<'static, ()> {
         let plan = self.plan();
-        super::poll_loop(self, plan, sink).boxed()
+        poll_loop(move |frame, at| self.parse(frame, at), plan, out).boxed()
     }
 }
 

@@ -14,9 +14,10 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ParseError, Parsed, PollPlan, Source};
+use super::Source;
+use super::parsed::{Downstream, ParseError, Parsed};
+use super::transport::rest::{PollPlan, poll_loop};
 use crate::message::{Decimal, Message, SCHEMA_VERSION, Tick};
-use crate::scraper::Sink;
 
 /// Public API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://pro-api.coinmarketcap.com";
@@ -136,7 +137,7 @@ impl Source for CoinMarketCap {
                 .get(self.quote.as_str())
                 .ok_or_else(|| ParseError::UnexpectedShape(format!("{symbol}: no {} quote", self.quote)))?;
             let exchange_time = match &q.last_updated {
-                Some(t) => super::time_from_rfc3339(t)?,
+                Some(t) => super::parsed::time_from_rfc3339(t)?,
                 None => received_at,
             };
             out.push(Message::Tick(Tick {
@@ -159,9 +160,9 @@ impl Source for CoinMarketCap {
         Ok(out.into())
     }
 
-    fn run(self: Arc<Self>, sink: Sink) -> BoxFuture<'static, ()> {
+    fn run(self: Arc<Self>, out: Arc<dyn Downstream>) -> BoxFuture<'static, ()> {
         let plan = self.plan();
-        super::poll_loop(self, plan, sink).boxed()
+        poll_loop(move |frame, at| self.parse(frame, at), plan, out).boxed()
     }
 }
 

@@ -15,9 +15,10 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ParseError, Parsed, Source, StreamPlan};
+use super::Source;
+use super::parsed::{Downstream, ParseError, Parsed};
+use super::transport::ws::{StreamPlan, websocket_loop};
 use crate::message::{Decimal, Message, SCHEMA_VERSION, Side, Tick, Trade};
-use crate::scraper::Sink;
 
 /// Public endpoint.
 pub const DEFAULT_URL: &str = "wss://ws.kraken.com/v2";
@@ -140,7 +141,11 @@ impl Source for Kraken {
                     volume_24h: optional(t.volume)?,
                     market_cap: None,
                     change_24h_pct: optional(t.change_pct)?,
-                    exchange_time: t.timestamp.map(super::time_from_rfc3339).transpose()?.unwrap_or(received_at),
+                    exchange_time: t
+                        .timestamp
+                        .map(super::parsed::time_from_rfc3339)
+                        .transpose()?
+                        .unwrap_or(received_at),
                     received_at,
                 }));
             }
@@ -156,7 +161,7 @@ impl Source for Kraken {
                     price: Decimal::from_raw_json(t.price)?,
                     quantity: Decimal::from_raw_json(t.qty)?,
                     side: Some(t.side),
-                    exchange_time: super::time_from_rfc3339(t.timestamp)?,
+                    exchange_time: super::parsed::time_from_rfc3339(t.timestamp)?,
                     received_at,
                 }));
             }
@@ -164,9 +169,9 @@ impl Source for Kraken {
         Ok(out.into())
     }
 
-    fn run(self: Arc<Self>, sink: Sink) -> BoxFuture<'static, ()> {
+    fn run(self: Arc<Self>, out: Arc<dyn Downstream>) -> BoxFuture<'static, ()> {
         let plan = self.plan();
-        super::websocket_loop(self, plan, sink).boxed()
+        websocket_loop(move |frame, at| self.parse(frame, at), plan, out).boxed()
     }
 }
 

@@ -15,9 +15,9 @@ use futures::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::{ParseError, Parsed, Source};
+use super::Source;
+use super::parsed::{Downstream, ParseError, Parsed};
 use crate::message::{Decimal, Message, SCHEMA_VERSION, Side, Tick, Trade};
-use crate::scraper::Sink;
 
 /// Default ticks per second per symbol.
 pub const DEFAULT_RATE: u32 = 10;
@@ -137,7 +137,7 @@ impl Source for Synthetic {
         Ok(vec![Message::from_json(frame)?].into())
     }
 
-    fn run(self: Arc<Self>, sink: Sink) -> BoxFuture<'static, ()> {
+    fn run(self: Arc<Self>, out: Arc<dyn Downstream>) -> BoxFuture<'static, ()> {
         async move {
             let mut market = Market::new(&self.symbols, &self.quote, self.seed);
             let per_second = f64::from(self.rate) * self.symbols.len() as f64;
@@ -145,7 +145,7 @@ impl Source for Synthetic {
             let mut emitted: u64 = 0;
             let mut ticker = tokio::time::interval(STEP);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            sink.set_up(true);
+            out.set_up(true);
             loop {
                 ticker.tick().await;
                 // Catch up on what is due, so the rate holds whatever the timer's granularity.
@@ -156,8 +156,7 @@ impl Source for Synthetic {
                     batch.extend(market.step(now));
                     emitted += 1;
                 }
-                sink.received(batch.len() as u64);
-                sink.emit(batch);
+                out.generated(batch);
             }
         }
         .boxed()

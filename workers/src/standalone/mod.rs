@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
 use cryptoviz_crds::config::WorkerConfig;
 use cryptoviz_runtime::health::Health;
 use prometheus_client::registry::Registry;
@@ -37,6 +36,7 @@ use crate::consumer::{self, drive::Limits, metrics::Metrics as ConsumerMetrics, 
 use crate::gateway::auth::Auth;
 use crate::gateway::hub::Hub;
 use crate::gateway::{self, Gateway};
+use crate::scraper::health::Monitor;
 use crate::scraper::{self, Scraper};
 
 /// Records kept per topic on the in-process bus: the gateway's replay buffer fits, and a consumer pausing for
@@ -44,6 +44,8 @@ use crate::scraper::{self, Scraper};
 const BUS_CAPACITY: usize = 65_536;
 /// How long the producer gets to deliver what it holds on shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time between health assessments (the scraper mode's is 1 s).
+const MONITOR_TICK: Duration = Duration::from_millis(250);
 
 /// The in-process stream topic as the gateway hub's input.
 fn bus_records(sub: Subscription) -> impl futures::Stream<Item = Record> {
@@ -149,31 +151,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tokio::spawn(hub.clone().housekeeping());
     let scraper = Scraper::start(&cfg, publisher.clone(), scraper_metrics.clone());
 
-    let monitor = {
-        let (publisher, health, kafka) = (publisher.clone(), health.clone(), kafka.clone());
-        let others = [tail_health.clone(), consumer_health.clone()];
-        let (metrics, statuses) = (scraper_metrics.clone(), scraper.statuses.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            let mut n: u64 = 0;
-            loop {
-                tick.tick().await;
-                // Metadata requests block: off the runtime's threads, every 5 s or while disconnected.
-                if let Some(k) = &kafka
-                    && (n.is_multiple_of(20) || !k.connected())
-                {
-                    let k = k.clone();
-                    let _ = tokio::task::spawn_blocking(move || k.probe(Duration::from_secs(2))).await;
-                }
-                n += 1;
-                metrics.queue_depth.set(publisher.queue_depth() as i64);
-                let (live, ready) =
-                    scraper::assess_health(&statuses, publisher.connected(), Utc::now().timestamp_millis());
-                health.set_live(live && others.iter().all(|h| h.live.load(Ordering::Relaxed)));
-                health.set_ready(ready && others.iter().all(|h| h.ready.load(Ordering::Relaxed)));
-            }
-        })
-    };
+    let monitor = tokio::spawn(
+        Monitor {
+            statuses: scraper.statuses.clone(),
+            publisher: publisher.clone(),
+            kafka: kafka.clone(),
+            others: vec![tail_health.clone(), consumer_health.clone()],
+            metrics: scraper_metrics.clone(),
+            health: health.clone(),
+            tick: MONITOR_TICK,
+        }
+        .run(),
+    );
 
     let gw = Arc::new(Gateway { hub: hub.clone(), auth });
     let app = gateway::router(gw, registry, health, &cfg.gateway.cors_origins);
