@@ -24,7 +24,8 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::hub::{Event, Hub};
+use super::event::Event;
+use super::hub::Hub;
 use super::metrics::Tally;
 use super::recent::Recent;
 use super::sse::{Conn, Fill};

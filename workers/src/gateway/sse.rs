@@ -16,7 +16,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::Gateway;
-use super::hub::{ClientGuard, Cursor, Event, Hub};
+use super::admission::ClientGuard;
+use super::cursor::Cursor;
+use super::event::Event;
+use super::hub::Hub;
 use super::metrics::Tally;
 use super::payload::Kind;
 use super::recent::Recent;
