@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::delivery;
 use super::metrics::Metrics;
 
 /// A connected client as the hub tracks it (for the slow-client sweep and `/stats`).
@@ -101,11 +102,7 @@ impl Clients {
     pub fn sweep(&self, head: u64, bound: u64) -> usize {
         let slow: Vec<_> = {
             let slots = self.slots.lock().expect("clients lock");
-            slots
-                .values()
-                .filter(|s| s.stalled().is_some_and(|pos| head.saturating_sub(pos) > bound))
-                .cloned()
-                .collect()
+            slots.values().filter(|s| delivery::slow(s.stalled(), head, bound)).cloned().collect()
         };
         for s in &slow {
             self.drop_slot(s);

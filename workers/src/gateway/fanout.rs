@@ -24,6 +24,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::delivery::{self, Sent};
 use super::event::Event;
 use super::hub::Hub;
 use super::metrics::Tally;
@@ -174,19 +175,13 @@ fn pump(c: &mut Client, recent: &Recent, now_ms: i64, tally: &mut Tally) -> Pump
                     let slices: SmallVec<[IoSlice; 4]> = due.iter().map(|ev| IoSlice::new(&ev.frame)).collect();
                     (sock.send_vectored(&slices), slices.iter().map(|s| s.len()).sum())
                 };
-                let mut n = match sent {
-                    Ok(n) if n == total => return Pumped::Idle,
-                    Ok(n) => n,
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
-                    Err(_) => return Pumped::Done,
+                let n = match delivery::sent(sent.map_err(|e| e.kind()), total) {
+                    Sent::All => return Pumped::Idle,
+                    Sent::Part(n) => n,
+                    Sent::Failed => return Pumped::Done,
                 };
-                for ev in due {
-                    if n >= ev.frame.len() {
-                        n -= ev.frame.len();
-                    } else {
-                        c.queue.push_back(ev.frame.slice(n..));
-                        n = 0;
-                    }
+                for (i, written) in delivery::unsent(due.iter().map(|ev| ev.frame.len()), n) {
+                    c.queue.push_back(due[i].frame.slice(written..));
                 }
                 continue;
             }

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 
 use super::admission::{ClientGuard, Clients};
 use super::cursor::Cursor;
+use super::delivery;
 use super::event::{self, Event};
 use super::metrics::Metrics;
 use super::payload;
@@ -257,7 +258,7 @@ impl Hub {
     /// is further behind than its bound (or than the ring).
     pub fn read(&self, from: u64, max: usize, out: &mut VecDeque<Arc<Event>>) -> Result<u64, Lagged> {
         let st = self.state.read().expect("hub lock");
-        if from < st.first_seq || st.next_seq.saturating_sub(from) > self.opts.client_queue {
+        if delivery::lagged(from, st.first_seq, st.next_seq, self.opts.client_queue) {
             return Err(Lagged);
         }
         let start = (from - st.first_seq) as usize;

@@ -3,6 +3,7 @@
 //! - [`hub`]: the transport-independent core (the replay ring, ingest, subscriptions, heartbeats),
 //!   fed by any `Stream<Item = bus::Record>`; [`cursor`]: event ids; [`event`]: one framed event;
 //!   [`admission`]: connected clients and the slow-client sweep; [`stats`]: `/stats` and heartbeats.
+//! - [`delivery`]: what each client is sent of each event, and when it is dropped, as pure functions.
 //! - [`kafka`]: the Kafka tail — every replica reads every partition (`assign`, no consumer group).
 //! - [`sse`]: `GET /stream` admission and each client's frames; [`payload`]: what clients receive;
 //!   [`auth`]: optional HS256 JWTs.
@@ -17,6 +18,7 @@
 pub mod admission;
 pub mod auth;
 pub mod cursor;
+pub mod delivery;
 pub mod event;
 pub mod fanout;
 pub mod handoff;
