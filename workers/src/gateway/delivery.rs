@@ -112,18 +112,23 @@ pub fn slow(stalled: Option<u64>, head: u64, bound: u64) -> bool {
 pub enum Sent {
     /// Everything was written.
     All,
-    /// Only this many bytes: the rest is queued and written when the socket drains.
+    /// Only this many bytes: the rest stays queued.
     Part(usize),
+    /// The socket is full: the client waits for it to drain (and is swept if it stays full too long).
+    Full,
+    /// Interrupted before anything was written: try again.
+    Again,
     /// The socket failed: the client is dropped.
     Failed,
 }
 
-/// The outcome of a direct write (`Err`: its error kind); a full or interrupted socket wrote nothing yet.
+/// The outcome of a write of `total` bytes (`Err`: its error kind).
 pub fn sent(r: Result<usize, ErrorKind>, total: usize) -> Sent {
     match r {
         Ok(n) if n == total => Sent::All,
         Ok(n) => Sent::Part(n),
-        Err(ErrorKind::WouldBlock | ErrorKind::Interrupted) => Sent::Part(0),
+        Err(ErrorKind::WouldBlock) => Sent::Full,
+        Err(ErrorKind::Interrupted) => Sent::Again,
         Err(_) => Sent::Failed,
     }
 }
@@ -302,8 +307,8 @@ mod tests {
             ("all taken", Ok(30), Sent::All),
             ("part taken", Ok(12), Sent::Part(12)),
             ("none taken", Ok(0), Sent::Part(0)),
-            ("socket full", Err(ErrorKind::WouldBlock), Sent::Part(0)),
-            ("interrupted", Err(ErrorKind::Interrupted), Sent::Part(0)),
+            ("socket full", Err(ErrorKind::WouldBlock), Sent::Full),
+            ("interrupted", Err(ErrorKind::Interrupted), Sent::Again),
             ("peer reset", Err(ErrorKind::ConnectionReset), Sent::Failed),
             ("broken pipe", Err(ErrorKind::BrokenPipe), Sent::Failed),
         ];

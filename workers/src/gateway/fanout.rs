@@ -14,7 +14,7 @@
 //! socket.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, IoSlice};
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -178,6 +178,8 @@ fn pump(c: &mut Client, recent: &Recent, now_ms: i64, tally: &mut Tally) -> Pump
                 let n = match delivery::sent(sent.map_err(|e| e.kind()), total) {
                     Sent::All => return Pumped::Idle,
                     Sent::Part(n) => n,
+                    // Nothing written: the frames are queued whole, and the queue write below waits if need be.
+                    Sent::Full | Sent::Again => 0,
                     Sent::Failed => return Pumped::Done,
                 };
                 for (i, written) in delivery::unsent(due.iter().map(|ev| ev.frame.len()), n) {
@@ -202,30 +204,31 @@ fn pump(c: &mut Client, recent: &Recent, now_ms: i64, tally: &mut Tally) -> Pump
         for (s, b) in slices.iter_mut().zip(c.queue.iter()) {
             *s = IoSlice::new(b);
         }
-        match c.stream.try_write_vectored(&slices[..k]) {
-            Ok(mut n) => {
-                while n > 0 {
-                    let front = c.queue.front_mut().expect("written bytes come from queued frames");
-                    if n >= front.len() {
-                        n -= front.len();
-                        c.queue.pop_front();
-                    } else {
-                        front.advance(n);
-                        n = 0;
-                    }
-                }
-                if c.queue.is_empty() && c.conn.caught_up() {
-                    return Pumped::Idle;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+        let total = slices[..k].iter().map(|s| s.len()).sum();
+        let mut n = match delivery::sent(c.stream.try_write_vectored(&slices[..k]).map_err(|e| e.kind()), total) {
+            Sent::All => total,
+            Sent::Part(n) => n,
+            Sent::Full => {
                 c.blocked = true;
                 c.conn.stalled(true);
                 c.wait_writable.notify_one();
                 return Pumped::Blocked;
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Pumped::Done,
+            Sent::Again => continue,
+            Sent::Failed => return Pumped::Done,
+        };
+        while n > 0 {
+            let front = c.queue.front_mut().expect("written bytes come from queued frames");
+            if n >= front.len() {
+                n -= front.len();
+                c.queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        if c.queue.is_empty() && c.conn.caught_up() {
+            return Pumped::Idle;
         }
     }
 }
