@@ -1,8 +1,9 @@
 //! What each client is sent of each event, decided without I/O.
 //!
-//! The hub, the clients' [`super::sse::Conn`]s and the writer shards ([`super::fanout`]) ask these
-//! functions and carry out the answer (write a frame, drop a client); nothing here locks, reads a clock or
-//! touches a socket, so every situation can be tested as a table.
+//! The hub's ring reads, the slow-client sweep ([`super::admission`]), each client's
+//! [`super::sse::Conn`] and the writer shards ([`super::fanout`]) ask these functions and carry out the
+//! answer (write a frame, queue the rest, drop a client). Nothing here locks, reads a clock or touches a
+//! socket, so every situation is a row in a table test.
 
 use std::collections::HashSet;
 use std::io::ErrorKind;

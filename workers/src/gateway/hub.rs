@@ -61,7 +61,8 @@ struct State {
     latest: BTreeMap<Box<str>, Bytes>,
 }
 
-/// The fan-out hub.
+/// The fan-out hub: the ring of rendered events every client reads from (and resumes from), the latest
+/// heartbeat, the shutdown flag and the registry of connected clients.
 pub struct Hub {
     state: RwLock<State>,
     /// `State::next_seq` as readers can check it without the lock: have events been appended since?
@@ -76,7 +77,9 @@ pub struct Hub {
     down: AtomicBool,
     /// Shutdown for the housekeeping task, which must not wake on every event.
     shutdown_tx: watch::Sender<bool>,
+    /// Admission and the slow-client sweep.
     clients: Arc<Clients>,
+    /// Records skipped for not being messages.
     invalid: AtomicU64,
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
