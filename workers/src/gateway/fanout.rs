@@ -14,7 +14,7 @@
 //! socket.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, IoSlice};
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -24,7 +24,9 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::hub::{Event, Hub};
+use super::delivery::{self, Sent};
+use super::event::Event;
+use super::hub::Hub;
 use super::metrics::Tally;
 use super::recent::Recent;
 use super::sse::{Conn, Fill};
@@ -173,19 +175,15 @@ fn pump(c: &mut Client, recent: &Recent, now_ms: i64, tally: &mut Tally) -> Pump
                     let slices: SmallVec<[IoSlice; 4]> = due.iter().map(|ev| IoSlice::new(&ev.frame)).collect();
                     (sock.send_vectored(&slices), slices.iter().map(|s| s.len()).sum())
                 };
-                let mut n = match sent {
-                    Ok(n) if n == total => return Pumped::Idle,
-                    Ok(n) => n,
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
-                    Err(_) => return Pumped::Done,
+                let n = match delivery::sent(sent.map_err(|e| e.kind()), total) {
+                    Sent::All => return Pumped::Idle,
+                    Sent::Part(n) => n,
+                    // Nothing written: the frames are queued whole, and the queue write below waits if need be.
+                    Sent::Full | Sent::Again => 0,
+                    Sent::Failed => return Pumped::Done,
                 };
-                for ev in due {
-                    if n >= ev.frame.len() {
-                        n -= ev.frame.len();
-                    } else {
-                        c.queue.push_back(ev.frame.slice(n..));
-                        n = 0;
-                    }
+                for (i, written) in delivery::unsent(due.iter().map(|ev| ev.frame.len()), n) {
+                    c.queue.push_back(due[i].frame.slice(written..));
                 }
                 continue;
             }
@@ -206,30 +204,31 @@ fn pump(c: &mut Client, recent: &Recent, now_ms: i64, tally: &mut Tally) -> Pump
         for (s, b) in slices.iter_mut().zip(c.queue.iter()) {
             *s = IoSlice::new(b);
         }
-        match c.stream.try_write_vectored(&slices[..k]) {
-            Ok(mut n) => {
-                while n > 0 {
-                    let front = c.queue.front_mut().expect("written bytes come from queued frames");
-                    if n >= front.len() {
-                        n -= front.len();
-                        c.queue.pop_front();
-                    } else {
-                        front.advance(n);
-                        n = 0;
-                    }
-                }
-                if c.queue.is_empty() && c.conn.caught_up() {
-                    return Pumped::Idle;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+        let total = slices[..k].iter().map(|s| s.len()).sum();
+        let mut n = match delivery::sent(c.stream.try_write_vectored(&slices[..k]).map_err(|e| e.kind()), total) {
+            Sent::All => total,
+            Sent::Part(n) => n,
+            Sent::Full => {
                 c.blocked = true;
                 c.conn.stalled(true);
                 c.wait_writable.notify_one();
                 return Pumped::Blocked;
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Pumped::Done,
+            Sent::Again => continue,
+            Sent::Failed => return Pumped::Done,
+        };
+        while n > 0 {
+            let front = c.queue.front_mut().expect("written bytes come from queued frames");
+            if n >= front.len() {
+                n -= front.len();
+                c.queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        if c.queue.is_empty() && c.conn.caught_up() {
+            return Pumped::Idle;
         }
     }
 }

@@ -7,105 +7,24 @@
 //! partition — which becomes the SSE `id:`. A cursor means the same on every replica ("I have everything
 //! up to these offsets"), so a client can resume anywhere.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::{self, Write as _};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, watch};
 
+use super::admission::{ClientGuard, Clients};
+use super::cursor::Cursor;
+use super::delivery;
+use super::event::{self, Event};
 use super::metrics::Metrics;
-use super::payload::{self, Kind};
+use super::payload;
+use super::stats::Stats;
 use crate::bus::Record;
 use crate::message::Message;
-
-/// Per-partition positions: `offsets[p]` is the last offset seen on partition `p` (-1: none yet).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cursor(pub Vec<i64>);
-
-impl Cursor {
-    /// The offset for a partition (-1 when unknown).
-    pub fn get(&self, partition: usize) -> i64 {
-        self.0.get(partition).copied().unwrap_or(-1)
-    }
-
-    /// Parse an event id (`0:123,1:98`). `None` for anything else, which the caller treats as a gap.
-    pub fn parse(s: &str) -> Option<Cursor> {
-        let mut v = Vec::new();
-        for pair in s.trim().split(',') {
-            let (p, o) = pair.split_once(':')?;
-            let p: usize = p.parse().ok()?;
-            let o: i64 = o.parse().ok()?;
-            // Partition counts are small; refuse ids that would make us allocate absurdly.
-            if p >= 65_536 || o < -1 {
-                return None;
-            }
-            if v.len() <= p {
-                v.resize(p + 1, -1);
-            }
-            v[p] = o;
-        }
-        Some(Cursor(v))
-    }
-
-    /// True when every component is at least `other`'s.
-    pub fn dominates(&self, other: &Cursor) -> bool {
-        (0..self.0.len().max(other.0.len())).all(|p| self.get(p) >= other.get(p))
-    }
-
-    /// Component-wise maximum.
-    pub fn max(&self, other: &Cursor) -> Cursor {
-        Cursor((0..self.0.len().max(other.0.len())).map(|p| self.get(p).max(other.get(p))).collect())
-    }
-}
-
-impl fmt::Display for Cursor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (p, o) in self.0.iter().enumerate() {
-            if p > 0 {
-                f.write_char(',')?;
-            }
-            write!(f, "{p}:{o}")?;
-        }
-        Ok(())
-    }
-}
-
-/// One event, serialised once and shared by every subscriber.
-#[derive(Debug)]
-pub struct Event {
-    /// Position in the hub (dense, starts at 0).
-    pub seq: u64,
-    /// Kafka partition.
-    pub partition: usize,
-    /// Kafka offset.
-    pub offset: i64,
-    /// Symbol (the Kafka key).
-    pub symbol: Box<str>,
-    /// Kind, for `types=` filters.
-    pub kind: Kind,
-    /// Event time (record timestamp), milliseconds since the epoch.
-    pub time_ms: i64,
-    /// The hub's cursor after this event: the `id:`.
-    pub cursor: Cursor,
-    /// The complete SSE frame: `id: …\ndata: …\n\n`.
-    pub frame: Bytes,
-    /// Where the frame's `data:` line starts (to re-use it under another id).
-    pub body_start: usize,
-}
-
-impl Event {
-    /// This event's frame under a different id (a resuming client whose cursor is ahead of ours).
-    pub fn frame_with_id(&self, id: &Cursor) -> Bytes {
-        let mut b = BytesMut::with_capacity(self.frame.len() + 16);
-        b.extend_from_slice(format!("id: {id}\n").as_bytes());
-        b.extend_from_slice(&self.frame[self.body_start..]);
-        b.freeze()
-    }
-}
 
 /// Tunables of the hub.
 #[derive(Clone, Debug)]
@@ -142,17 +61,8 @@ struct State {
     latest: BTreeMap<Box<str>, Bytes>,
 }
 
-/// A connected client as the hub tracks it (for the slow-client sweep and `/stats`).
-pub struct ClientSlot {
-    /// While the client's socket is full: the seq of the next event it will be sent, which the sweep
-    /// measures its lag by. `u64::MAX` while it is written to on every event (it cannot fall behind then,
-    /// and its writer does not touch this shared line per event).
-    pos: AtomicU64,
-    dropped: AtomicBool,
-    kill: Option<Arc<Notify>>,
-}
-
-/// The fan-out hub.
+/// The fan-out hub: the ring of rendered events every client reads from (and resumes from), the latest
+/// heartbeat, the shutdown flag and the registry of connected clients.
 pub struct Hub {
     state: RwLock<State>,
     /// `State::next_seq` as readers can check it without the lock: have events been appended since?
@@ -167,8 +77,9 @@ pub struct Hub {
     down: AtomicBool,
     /// Shutdown for the housekeeping task, which must not wake on every event.
     shutdown_tx: watch::Sender<bool>,
-    clients: Mutex<HashMap<u64, Arc<ClientSlot>>>,
-    next_client: AtomicU64,
+    /// Admission and the slow-client sweep.
+    clients: Arc<Clients>,
+    /// Records skipped for not being messages.
     invalid: AtomicU64,
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
@@ -194,35 +105,6 @@ pub struct Subscription {
     pub gap: bool,
 }
 
-/// Deregisters a client when its stream is dropped.
-pub struct ClientGuard {
-    hub: Arc<Hub>,
-    id: u64,
-    /// The slot the hub watches.
-    pub slot: Arc<ClientSlot>,
-}
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        self.hub.clients.lock().expect("clients lock").remove(&self.id);
-        self.hub.metrics.clients.dec();
-    }
-}
-
-impl ClientSlot {
-    /// The client's socket is full at `next` (`Some`), or draining again (`None`).
-    pub fn stalled_at(&self, next: Option<u64>) {
-        self.pos.store(next.unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-}
-
-impl ClientGuard {
-    /// Mark this client dropped for being slow (counted once) and close its connection.
-    pub fn drop_slow(&self) {
-        self.hub.drop_slot(&self.slot);
-    }
-}
-
 impl Hub {
     /// A hub with no partitions yet.
     pub fn new(opts: HubOptions, metrics: Arc<Metrics>) -> Arc<Self> {
@@ -241,8 +123,7 @@ impl Hub {
             heartbeat_gen: AtomicU64::new(0),
             down: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
-            clients: Mutex::new(HashMap::new()),
-            next_client: AtomicU64::new(0),
+            clients: Clients::new(opts.max_clients, metrics.clone()),
             invalid: AtomicU64::new(0),
             metrics,
             opts,
@@ -285,7 +166,7 @@ impl Hub {
 
     /// Connected clients.
     pub fn client_count(&self) -> usize {
-        self.clients.lock().expect("clients lock").len()
+        self.clients.count()
     }
 
     /// Take one record in: render it once, append it to the ring, wake subscribers.
@@ -318,15 +199,7 @@ impl Hub {
         if let Some(data) = data {
             st.latest.insert(symbol.clone(), Bytes::from(data));
         }
-        let id = st.cursor.to_string();
-        let mut frame = BytesMut::with_capacity(json.len() + id.len() + 16);
-        frame.extend_from_slice(b"id: ");
-        frame.extend_from_slice(id.as_bytes());
-        frame.extend_from_slice(b"\n");
-        let body_start = frame.len();
-        frame.extend_from_slice(b"data: ");
-        frame.extend_from_slice(json.as_bytes());
-        frame.extend_from_slice(b"\n\n");
+        let (frame, body_start) = event::frame(&st.cursor.to_string(), &json);
         let seq = st.next_seq;
         let ev = Event {
             seq,
@@ -336,7 +209,7 @@ impl Hub {
             kind,
             time_ms: rec.timestamp_ms,
             cursor: st.cursor.clone(),
-            frame: frame.freeze(),
+            frame,
             body_start,
         };
         st.ring.push_back(Arc::new(ev));
@@ -360,16 +233,8 @@ impl Hub {
     }
 
     /// Register a client, or `None` when `max_clients` are already connected.
-    pub fn admit(self: &Arc<Self>, kill: Option<Arc<Notify>>) -> Option<ClientGuard> {
-        let mut clients = self.clients.lock().expect("clients lock");
-        if clients.len() >= self.opts.max_clients as usize {
-            return None;
-        }
-        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(ClientSlot { pos: AtomicU64::new(u64::MAX), dropped: AtomicBool::new(false), kill });
-        clients.insert(id, slot.clone());
-        self.metrics.clients.inc();
-        Some(ClientGuard { hub: self.clone(), id, slot })
+    pub fn admit(&self, kill: Option<Arc<Notify>>) -> Option<ClientGuard> {
+        self.clients.admit(kill)
     }
 
     /// Where a client starts: live, or after `resume` (`Some(None)`: an id we cannot read).
@@ -396,7 +261,7 @@ impl Hub {
     /// is further behind than its bound (or than the ring).
     pub fn read(&self, from: u64, max: usize, out: &mut VecDeque<Arc<Event>>) -> Result<u64, Lagged> {
         let st = self.state.read().expect("hub lock");
-        if from < st.first_seq || st.next_seq.saturating_sub(from) > self.opts.client_queue {
+        if delivery::lagged(from, st.first_seq, st.next_seq, self.opts.client_queue) {
             return Err(Lagged);
         }
         let start = (from - st.first_seq) as usize;
@@ -447,43 +312,17 @@ impl Hub {
         self.seq_tx.send_modify(|_| {});
     }
 
-    fn drop_slot(&self, slot: &ClientSlot) {
-        if !slot.dropped.swap(true, Ordering::Relaxed) {
-            self.metrics.dropped("slow");
-            if let Some(kill) = &slot.kill {
-                kill.notify_one();
-            }
-        }
-    }
-
     /// Disconnect every client further behind than its bound. A client whose socket is full is never
     /// polled, so it cannot notice by itself; this closes its connection.
     pub fn sweep_slow(&self) -> usize {
         let head = self.state.read().expect("hub lock").next_seq;
-        let slow: Vec<_> = {
-            let clients = self.clients.lock().expect("clients lock");
-            clients
-                .values()
-                .filter(|s| {
-                    let pos = s.pos.load(Ordering::Relaxed);
-                    pos != u64::MAX && head.saturating_sub(pos) > self.opts.client_queue
-                })
-                .cloned()
-                .collect()
-        };
-        for s in &slow {
-            self.drop_slot(s);
-        }
-        slow.len()
+        self.clients.sweep(head, self.opts.client_queue)
     }
 
     /// Publish a heartbeat frame carrying the hub's statistics.
     pub fn beat(&self) {
-        let frame = format!(
-            "data: {{\"type\":\"heartbeat\",\"data\":{}}}\n\n",
-            serde_json::to_string(&self.stats()).expect("stats serialise")
-        );
-        *self.heartbeat.write().expect("heartbeat lock") = Bytes::from(frame);
+        let frame = self.stats().heartbeat_frame();
+        *self.heartbeat.write().expect("heartbeat lock") = frame;
         self.heartbeat_gen.fetch_add(1, Ordering::AcqRel);
         self.seq_tx.send_modify(|_| {});
     }
@@ -525,29 +364,6 @@ impl Hub {
             }
         }
     }
-}
-
-/// What `/stats` and heartbeats report.
-#[derive(serde::Serialize, Debug)]
-pub struct Stats {
-    /// Connected clients.
-    pub clients: usize,
-    /// Records read.
-    pub events_received: u64,
-    /// Events handed to clients.
-    pub deliveries: u64,
-    /// Clients disconnected for falling behind.
-    pub dropped: u64,
-    /// Connections refused.
-    pub rejected: u64,
-    /// Records that were not valid messages.
-    pub invalid_records: u64,
-    /// Events in the replay buffer.
-    pub buffered: usize,
-    /// The current cursor (the id of the latest event).
-    pub cursor: String,
-    /// Server time.
-    pub time: String,
 }
 
 #[cfg(test)]
@@ -596,18 +412,6 @@ pub(crate) mod tests {
         assert!(!h.is_down());
         h.shutdown();
         assert!(woken(&mut rx) && h.is_down(), "shutdown wakes");
-    }
-
-    #[test]
-    fn cursors_round_trip_and_compare() {
-        let c = Cursor::parse("0:12,2:7").unwrap();
-        assert_eq!(c, Cursor(vec![12, -1, 7]));
-        assert_eq!(c.to_string(), "0:12,1:-1,2:7");
-        assert!(Cursor::parse("garbage").is_none());
-        assert!(Cursor::parse("99999999:1").is_none());
-        assert!(Cursor(vec![12, 0, 7]).dominates(&c));
-        assert!(!Cursor(vec![13]).dominates(&c));
-        assert_eq!(Cursor(vec![13]).max(&c), Cursor(vec![13, -1, 7]));
     }
 
     #[test]

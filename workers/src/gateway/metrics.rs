@@ -1,4 +1,5 @@
-//! The gateway's Prometheus metrics, registered once and shared by the hub and every connection.
+//! The gateway's Prometheus metrics: one struct, every family registered once under `cryptoviz_gateway`
+//! and shared by the hub and every connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +35,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Create and register every family in `registry`.
+    /// Create every family and register it in `registry` under the `cryptoviz_gateway` prefix.
     pub fn new(registry: &mut Registry) -> Self {
         let m = Metrics {
             clients: Gauge::default(),
@@ -44,24 +45,13 @@ impl Metrics {
             rejected: Family::default(),
             latency: Latency::default(),
         };
-        registry.register("cryptoviz_gateway_clients", "Connected SSE clients", m.clients.clone());
-        registry.register(
-            "cryptoviz_gateway_events_received",
-            "Records read from the stream topic",
-            m.events_received.clone(),
-        );
-        registry.register("cryptoviz_gateway_deliveries", "Events handed to client connections", m.deliveries.clone());
-        registry.register(
-            "cryptoviz_gateway_clients_dropped",
-            "Clients disconnected by the gateway",
-            m.clients_dropped.clone(),
-        );
-        registry.register("cryptoviz_gateway_rejected", "Connections refused", m.rejected.clone());
-        registry.register(
-            "cryptoviz_gateway_latency_seconds",
-            "Event time to hand-off to the client connection",
-            m.latency.clone(),
-        );
+        let r = registry.sub_registry_with_prefix("cryptoviz_gateway");
+        r.register("clients", "Connected SSE clients", m.clients.clone());
+        r.register("events_received", "Records read from the stream topic", m.events_received.clone());
+        r.register("deliveries", "Events handed to client connections", m.deliveries.clone());
+        r.register("clients_dropped", "Clients disconnected by the gateway", m.clients_dropped.clone());
+        r.register("rejected", "Connections refused", m.rejected.clone());
+        r.register("latency_seconds", "Event time to hand-off to the client connection", m.latency.clone());
         m
     }
 
@@ -212,5 +202,49 @@ mod tests {
         assert!(line("cryptoviz_gateway_latency_seconds_bucket{le=\"+Inf\"}").ends_with(" 10"));
         assert!(line("cryptoviz_gateway_latency_seconds_count").ends_with(" 10"));
         assert!(line("cryptoviz_gateway_latency_seconds_sum").ends_with(" 133.784"));
+    }
+
+    #[test]
+    fn exported_names_stay_those_the_dashboards_alerts_and_tests_use() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        // One sample of every labelled family, so that its sample lines are exported too.
+        m.dropped("slow");
+        m.reject("max_clients");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut families: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()).collect();
+        families.sort();
+        assert_eq!(
+            families,
+            [
+                "cryptoviz_gateway_clients",
+                "cryptoviz_gateway_clients_dropped",
+                "cryptoviz_gateway_deliveries",
+                "cryptoviz_gateway_events_received",
+                "cryptoviz_gateway_latency_seconds",
+                "cryptoviz_gateway_rejected",
+            ]
+        );
+        let mut samples: Vec<&str> =
+            text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(['{', ' ']).next().unwrap()).collect();
+        samples.sort();
+        samples.dedup();
+        assert_eq!(
+            samples,
+            [
+                "cryptoviz_gateway_clients",
+                "cryptoviz_gateway_clients_dropped_total",
+                "cryptoviz_gateway_deliveries_total",
+                "cryptoviz_gateway_events_received_total",
+                "cryptoviz_gateway_latency_seconds_bucket",
+                "cryptoviz_gateway_latency_seconds_count",
+                "cryptoviz_gateway_latency_seconds_sum",
+                "cryptoviz_gateway_rejected_total",
+            ]
+        );
+        assert!(text.contains("cryptoviz_gateway_clients_dropped_total{reason=\"slow\"} 1"), "{text}");
+        assert!(text.contains("cryptoviz_gateway_rejected_total{reason=\"max_clients\"} 1"), "{text}");
     }
 }

@@ -1,18 +1,25 @@
 //! The SSE gateway: the stream topic fanned out to browsers as Server-Sent Events.
 //!
-//! - [`hub`]: the transport-independent core (replay ring, cursors, slow-client sweep), fed by any
-//!   `Stream<Item = bus::Record>`.
+//! - [`hub`]: the transport-independent core (the replay ring, ingest, subscriptions, heartbeats),
+//!   fed by any `Stream<Item = bus::Record>`; [`cursor`]: event ids; [`event`]: one framed event;
+//!   [`admission`]: connected clients and the slow-client sweep; [`stats`]: `/stats` and heartbeats.
+//! - [`delivery`]: what each client is sent of each event, and when it is dropped, as pure functions.
 //! - [`kafka`]: the Kafka tail — every replica reads every partition (`assign`, no consumer group).
 //! - [`sse`]: `GET /stream` admission and each client's frames; [`payload`]: what clients receive;
 //!   [`auth`]: optional HS256 JWTs.
 //! - [`handoff`] and [`fanout`]: stream connections are taken off the HTTP server and written by one
-//!   shard per core, so an event costs one `writev` per client and nothing else.
+//!   shard per core, so an event costs one `writev` per client and nothing else; [`recent`]: a shard's
+//!   copy of the newest events.
 //!
 //! The gateway runs its own accept loop rather than [`cryptoviz_runtime::health::serve`]: it reads each connection's
 //! first request itself to hand stream connections over, and it closes the connection of a client whose
 //! socket stopped draining. Event format, ids and resume: `docs/gateway.md`.
 
+pub mod admission;
 pub mod auth;
+pub mod cursor;
+pub mod delivery;
+pub mod event;
 pub mod fanout;
 pub mod handoff;
 pub mod hub;
@@ -21,6 +28,7 @@ pub mod metrics;
 pub mod payload;
 pub mod recent;
 pub mod sse;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

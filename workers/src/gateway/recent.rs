@@ -3,7 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::hub::{Event, Hub};
+use super::event::Event;
+use super::hub::Hub;
 
 /// The newest events as one reader (a writer shard) last copied them from the hub: most clients are live
 /// and want exactly these, so they are served from here without taking the hub's lock or touching the

@@ -16,7 +16,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::Gateway;
-use super::hub::{ClientGuard, Cursor, Event, Hub};
+use super::admission::ClientGuard;
+use super::cursor::Cursor;
+use super::delivery::{self, Decision, Filter, Route, Standing};
+use super::event::Event;
+use super::hub::Hub;
 use super::metrics::Tally;
 use super::payload::Kind;
 use super::recent::Recent;
@@ -42,20 +46,6 @@ pub struct StreamQuery {
     last_event_id: Option<String>,
     /// Bearer token, for `EventSource`, which cannot set headers.
     access_token: Option<String>,
-}
-
-/// What a client asked for.
-struct Filter {
-    /// Upper-case symbols; `None` means all.
-    symbols: Option<HashSet<Box<str>>>,
-    /// Bit set of [`Kind`]s.
-    kinds: u8,
-}
-
-impl Filter {
-    fn matches(&self, ev: &Event) -> bool {
-        self.kinds & ev.kind as u8 != 0 && self.symbols.as_ref().is_none_or(|s| s.contains(&ev.symbol))
-    }
 }
 
 fn refuse(gw: &Gateway, status: StatusCode, reason: &'static str, msg: &str) -> Response {
@@ -272,14 +262,16 @@ impl Conn {
         tally: &mut Tally,
         mut each: impl FnMut(&'a Event),
     ) -> bool {
-        if self.done
-            || self.floor.is_some()
-            || !self.greeting.is_empty()
-            || !self.batch.is_empty()
-            || self.next < recent.first()
-            || self.hub.is_down()
-            || self.hub.heartbeat_generation() != self.hb_seen
-        {
+        let standing = Standing {
+            done: self.done,
+            resuming: self.floor.is_some(),
+            pending: !self.greeting.is_empty() || !self.batch.is_empty(),
+            next: self.next,
+            recent_first: recent.first(),
+            down: self.hub.is_down(),
+            heartbeat: self.hub.heartbeat_generation() != self.hb_seen,
+        };
+        if delivery::route(standing) == Route::Fill {
             return false;
         }
         let end = recent.end();
@@ -287,7 +279,7 @@ impl Conn {
             return true;
         }
         for ev in recent.since(self.next) {
-            if self.filter.matches(ev) {
+            if delivery::decide(&self.filter, None, ev) == Decision::Shared {
                 each(ev);
                 tally.deliver(ev.time_ms, now_ms);
             }
@@ -321,18 +313,15 @@ impl Conn {
         }
         loop {
             while let Some(ev) = self.batch.pop_front() {
-                if !self.filter.matches(&ev) {
-                    continue;
-                }
-                let frame = match &self.floor {
-                    None => ev.frame.clone(),
-                    Some(floor) if ev.offset <= floor.get(ev.partition) => continue,
-                    Some(floor) if ev.cursor.dominates(floor) => {
-                        // Caught up with the resume point: from here on the shared frames are monotonic.
+                let frame = match delivery::decide(&self.filter, self.floor.as_ref(), &ev) {
+                    Decision::Filtered | Decision::Seen => continue,
+                    Decision::Shared => ev.frame.clone(),
+                    Decision::CaughtUp => {
+                        // From here on the shared frames are monotonic for this client.
                         self.floor = None;
                         ev.frame.clone()
                     }
-                    Some(floor) => ev.frame_with_id(&ev.cursor.max(floor)),
+                    Decision::Reid(id) => ev.frame_with_id(&id),
                 };
                 out.push_back(frame);
                 tally.deliver(ev.time_ms, now_ms);
