@@ -5,7 +5,7 @@
 //! it shows is what the kernel and the load generator cost on this machine for the same deliveries:
 //! `tests/bench/sse-load` runs it with `FLOOR=1`, beside the gateway, with the same load generator.
 //!
-//! `cargo run --release -p cryptoviz-workers --example sse_floor -- --config <worker config> --listen <addr>`
+//! `cargo run --release -p cryptoviz-tests --example sse_floor -- --config <worker config> --listen <addr>`
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,7 +1,7 @@
 //! SSE gateway load generator: N concurrent clients on loopback, ticks produced through Kafka at a set rate.
 //!
 //! ```text
-//! cargo run --release -p cryptoviz-workers --example sse_load -- \
+//! cargo run --release -p cryptoviz-tests --example sse_load -- \
 //!     --gateway 127.0.0.1:8080 --gateway-pid <pid> --bootstrap 127.0.0.1:9092 --topic <stream topic> \
 //!     --clients 1000 --rate 200 --seconds 20
 //! ```

@@ -2,7 +2,7 @@
 //! full speed through the whole path (parse → dedup → alerts → serialise → produce to raw and stream),
 //! beside a minimal rdkafka producer sending the same bytes (the limit): the Binance replay's own payloads.
 //!
-//! `CRYPTOVIZ_KAFKA_BOOTSTRAP=host:port cargo run --release -p cryptoviz-workers --example scraper_bench [messages]`
+//! `CRYPTOVIZ_KAFKA_BOOTSTRAP=host:port cargo run --release -p cryptoviz-tests --example scraper_bench [messages]`
 //!
 //! Prints messages/s (normalised messages in; each is two records, raw and stream) and the p99 of
 //! publish → broker ack. The full-speed runs measure queueing at saturation; a paced run drives the synthetic
