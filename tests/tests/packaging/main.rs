@@ -492,7 +492,7 @@ fn argocd_health_check_follows_the_conditions() {
         ),
         (with(2, 1, "Ready", vec![cond("Ready", "True", "AllComponentsReady")]), "Progressing"),
         (with(1, 1, "Progressing", vec![cond("Ready", "False", "ScraperNotReady")]), "Progressing"),
-        (with(1, 1, "Pending", vec![cond("TopicsReady", "False", "Creating")]), "Progressing"),
+        (with(1, 1, "Progressing", vec![cond("TopicsReady", "False", "Creating")]), "Progressing"),
         (with(1, 1, "Degraded", vec![cond("Ready", "False", "BrokerUnreachable")]), "Degraded"),
         (
             with(
