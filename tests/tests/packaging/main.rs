@@ -3,6 +3,7 @@
 //! for real, and the operator then runs under the chart's ServiceAccount (a TokenRequest token) until a
 //! pipeline is Ready — with no authorization failure in its log. Tools: tests/env/tools/install.
 
+mod crds;
 mod support;
 
 use std::collections::BTreeSet;
@@ -74,7 +75,7 @@ fn read(rel: &str) -> String {
 #[test]
 fn shipped_copies_equal_their_sources() {
     let crd = read("crds/cryptopipeline.yaml");
-    for copy in ["charts/cryptoviz-operator/crds/cryptopipeline.yaml", "manifests/base/cryptopipeline.yaml"] {
+    for copy in ["charts/cryptoviz-operator/files/crds/cryptopipeline.yaml", "manifests/base/cryptopipeline.yaml"] {
         assert!(
             read(copy) == crd,
             "{copy} differs from crds/cryptopipeline.yaml: run `cargo run -q -p cryptoviz-crds --bin crdgen > \
@@ -564,14 +565,6 @@ async fn can(client: &Client, user: &str, verb: &str, group: &str, resource: &st
 /// pipeline, which would then prove nothing about the namespaced RBAC. Held for a test's whole body.
 static OPERATOR_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Delete the namespaces a passing test made (a failing one leaves them for inspection).
-async fn delete_namespaces(client: &Client, names: &[&str]) {
-    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    for n in names {
-        api.delete(n, &DeleteParams::background()).await.unwrap();
-    }
-}
-
 /// Whether the user may GET a non-resource path (API discovery).
 async fn can_get_path(client: &Client, user: &str, path: &str) -> bool {
     let sar = SubjectAccessReview {
@@ -585,40 +578,6 @@ async fn can_get_path(client: &Client, user: &str, path: &str) -> bool {
     };
     let api: Api<SubjectAccessReview> = Api::all(client.clone());
     api.create(&PostParams::default(), &sar).await.expect("SubjectAccessReview").status.expect("status").allowed
-}
-
-struct Install {
-    release: String,
-    release_ns: String,
-}
-
-impl Install {
-    /// `helm install` into a new namespace. Without `--wait`: the operator under test runs as a local process,
-    /// and the chart's own pod only competes for the shared kwok node's pod slots (its validity is proven by
-    /// the dry runs); the install itself must go through the apiserver completely.
-    fn new(release_ns: &str, args: &[&str]) -> Install {
-        // Built before installing, so a failed install is uninstalled too.
-        let inst = Install { release: unique("cv"), release_ns: release_ns.into() };
-        let out =
-            run(helm().args(["install", &inst.release]).arg(chart()).args(["--namespace", release_ns]).args(args));
-        assert!(out.contains("STATUS: deployed"), "{out}");
-        inst
-    }
-
-    fn service_account(&self) -> String {
-        format!("{}-cryptoviz-operator", self.release)
-    }
-
-    fn user(&self) -> String {
-        format!("system:serviceaccount:{}:{}", self.release_ns, self.service_account())
-    }
-}
-
-impl Drop for Install {
-    fn drop(&mut self) {
-        // Cluster-scoped RBAC must not pile up in the shared control plane.
-        let _ = helm().args(["uninstall", &self.release, "--namespace", &self.release_ns, "--wait"]).output();
-    }
 }
 
 /// Lines of the operator log where the apiserver's authorizer refused the operator's ServiceAccount

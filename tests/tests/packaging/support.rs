@@ -10,7 +10,7 @@ use cryptoviz_tests::operator::free_port;
 use cryptoviz_tests::{TestEnv, binary, http, repo_root, unique, wait_for};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::discovery::{Discovery, Scope};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -65,9 +65,9 @@ pub fn helm() -> Command {
     c
 }
 
-/// `helm template` of `chart_dir` in namespace `ns` (CRDs included) with extra arguments.
+/// `helm template` of `chart_dir` in namespace `ns` with extra arguments (the CRD is a template: `crds.enabled`).
 pub fn helm_template(chart_dir: &Path, ns: &str, args: &[&str]) -> String {
-    run(helm().args(["template", "cryptoviz"]).arg(chart_dir).args(["--namespace", ns, "--include-crds"]).args(args))
+    run(helm().args(["template", "cryptoviz"]).arg(chart_dir).args(["--namespace", ns]).args(args))
 }
 
 /// The documents of a multi-document YAML stream, empty ones dropped.
@@ -123,7 +123,12 @@ pub async fn ensure_namespaces(client: &Client, objs: &[Value]) {
 /// admission, and stores nothing. Returns the ids accepted. Panics naming every rejected object.
 pub async fn dry_run_apply(client: &Client, objs: &[Value]) -> Vec<String> {
     ensure_namespaces(client, objs).await;
-    let discovery = Discovery::new(client.clone()).run().await.expect("discovery");
+    // Only the groups the objects use: other tests create and delete CRDs of their own groups meanwhile,
+    // and a group that vanishes between listing and querying fails a whole-cluster discovery.
+    let groups: BTreeSet<&str> =
+        objs.iter().map(|o| o["apiVersion"].as_str().unwrap().rsplit_once('/').map_or("", |(g, _)| g)).collect();
+    let groups: Vec<&str> = groups.into_iter().collect();
+    let discovery = Discovery::new(client.clone()).filter(&groups).run().await.expect("discovery");
     let mut accepted = vec![];
     let mut rejected = vec![];
     for o in objs {
@@ -283,5 +288,80 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(e.path(), &t).unwrap();
         }
+    }
+}
+
+/// Delete the namespaces a passing test made (a failing one leaves them for inspection).
+pub async fn delete_namespaces(client: &Client, names: &[&str]) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for n in names {
+        api.delete(n, &DeleteParams::background()).await.unwrap();
+    }
+}
+
+/// A Helm release of the chart (or of a copy of it), uninstalled on drop.
+pub struct Install {
+    /// The release name.
+    pub release: String,
+    /// Its namespace.
+    pub release_ns: String,
+    chart: PathBuf,
+}
+
+impl Install {
+    /// `helm install` of the chart into a new namespace, without the CRD (`crds.enabled=false`): the shared
+    /// test cluster has one `cryptopipelines.cryptoviz.io`, applied by the tests (`install_crd`), which no
+    /// release may own. Without `--wait`: the operator under test runs as a local process, and the chart's
+    /// own pod only competes for the shared kwok node's pod slots (its validity is proven by the dry runs);
+    /// the install itself must go through the apiserver completely.
+    pub fn new(release_ns: &str, args: &[&str]) -> Install {
+        let mut all = vec!["--set", "crds.enabled=false"];
+        all.extend_from_slice(args);
+        Install::of_chart(&chart(), release_ns, &all)
+    }
+
+    /// `helm install` of the chart in `chart_dir` with exactly `args`.
+    pub fn of_chart(chart_dir: &Path, release_ns: &str, args: &[&str]) -> Install {
+        // Built before installing, so a failed install is uninstalled too.
+        let inst = Install { release: unique("cv"), release_ns: release_ns.into(), chart: chart_dir.into() };
+        let out =
+            run(helm().args(["install", &inst.release]).arg(chart_dir).args(["--namespace", release_ns]).args(args));
+        assert!(out.contains("STATUS: deployed"), "{out}");
+        inst
+    }
+
+    /// `helm upgrade` of the release to the chart in its directory as it is now, with `args`.
+    pub fn upgrade(&self, args: &[&str]) -> String {
+        let out = run(helm()
+            .args(["upgrade", &self.release])
+            .arg(&self.chart)
+            .args(["--namespace", &self.release_ns])
+            .args(args));
+        assert!(out.contains("STATUS: deployed"), "{out}");
+        out
+    }
+
+    /// `helm uninstall`, waiting for the deletions; its output.
+    pub fn uninstall(self) -> String {
+        let out = run(helm().args(["uninstall", &self.release, "--namespace", &self.release_ns, "--wait"]));
+        std::mem::forget(self);
+        out
+    }
+
+    /// The chart's ServiceAccount.
+    pub fn service_account(&self) -> String {
+        format!("{}-cryptoviz-operator", self.release)
+    }
+
+    /// The ServiceAccount's user name.
+    pub fn user(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.release_ns, self.service_account())
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        // Cluster-scoped RBAC must not pile up in the shared control plane.
+        let _ = helm().args(["uninstall", &self.release, "--namespace", &self.release_ns, "--wait"]).output();
     }
 }
