@@ -3,6 +3,7 @@
 //! for real, and the operator then runs under the chart's ServiceAccount (a TokenRequest token) until a
 //! pipeline is Ready — with no authorization failure in its log. Tools: tests/env/tools/install.
 
+mod access;
 mod crds;
 mod support;
 
@@ -267,9 +268,18 @@ fn rbac_is_least_privilege() {
             }
         }
     }
+    // The operator's own roles: not the aggregated ones for people (tests/tests/packaging/access.rs).
+    fn operator_cluster_roles(objs: &[Value]) -> Vec<&Value> {
+        of_kind(objs, "ClusterRole")
+            .into_iter()
+            .filter(|r| {
+                r["metadata"]["labels"].as_object().is_none_or(|l| !l.keys().any(|k| k.contains("aggregate-to-")))
+            })
+            .collect()
+    }
     let objs = render(&[]);
     no_wildcards(&objs);
-    let roles = of_kind(&objs, "ClusterRole");
+    let roles = operator_cluster_roles(&objs);
     assert_eq!(roles.len(), 1, "one ClusterRole: {:?}", roles.iter().map(|r| id(r)).collect::<Vec<_>>());
     let main = roles[0];
     let rules = rules_of(main).as_array().unwrap();
@@ -295,18 +305,18 @@ fn rbac_is_least_privilege() {
     let base = docs(&read("manifests/base/rbac.yaml"));
     let base_main = base.iter().find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "cryptoviz-operator");
     assert_eq!(rules_of(base_main.unwrap()), rules_of(main), "manifests/base/rbac.yaml and the chart disagree");
-    assert_eq!(base.iter().filter(|o| o["kind"] == "ClusterRole").count(), 1);
+    assert_eq!(operator_cluster_roles(&base).len(), 1);
 
     // Without PodMonitors, nothing of monitoring.coreos.com.
     let objs = render(&["--set".into(), "rbac.podMonitors=false".into()]);
-    assert_eq!(of_kind(&objs, "ClusterRole").len(), 1);
+    assert_eq!(operator_cluster_roles(&objs).len(), 1);
     let rbac: Vec<&Value> = objs.iter().filter(|o| o["apiVersion"] == "rbac.authorization.k8s.io/v1").collect();
     assert!(!serde_json::to_string(&rbac).unwrap().contains("monitoring.coreos.com"));
 
     // Watch-namespace mode: a Role and RoleBinding per namespace with the same rules, no ClusterRole.
     let objs = render(&["-f".into(), chart().join("examples/watch-namespaces.yaml").display().to_string()]);
     no_wildcards(&objs);
-    assert!(of_kind(&objs, "ClusterRole").is_empty() && of_kind(&objs, "ClusterRoleBinding").is_empty());
+    assert!(operator_cluster_roles(&objs).is_empty() && of_kind(&objs, "ClusterRoleBinding").is_empty());
     let roles = of_kind(&objs, "Role");
     let nss: BTreeSet<&str> = roles.iter().map(|r| r["metadata"]["namespace"].as_str().unwrap()).collect();
     assert_eq!(nss, BTreeSet::from(["markets", "research"]));

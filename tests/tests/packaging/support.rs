@@ -365,3 +365,15 @@ impl Drop for Install {
         let _ = helm().args(["uninstall", &self.release, "--namespace", &self.release_ns, "--wait"]).output();
     }
 }
+
+/// A client acting as `user` (member of `system:authenticated`) through impersonation by the admin.
+pub async fn impersonating(user: &str) -> Client {
+    let env = TestEnv::get();
+    let kc = kube::config::Kubeconfig::read_from(env.kubeconfig()).expect("read kubeconfig");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig config");
+    cfg.auth_info.impersonate = Some(user.into());
+    cfg.auth_info.impersonate_groups = Some(vec!["system:authenticated".into()]);
+    Client::try_from(cfg).expect("kube client")
+}
