@@ -6,6 +6,7 @@
 mod access;
 mod crds;
 mod support;
+mod values;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
