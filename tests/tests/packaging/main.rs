@@ -53,7 +53,8 @@ fn values_sets() -> Vec<(String, Vec<String>)> {
         vec![
             "--set".into(),
             "replicaCount=3,podDisruptionBudget.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,\
-             dashboards.enabled=true,image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef,\
+             dashboards.enabled=true,networkPolicy.enabled=true,podDisruptionBudget.maxUnavailable=1,\
+             networkPolicy.extraEgress[0].ports[0].port=9092,image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef,\
              imagePullSecrets[0].name=regcred,nodeSelector.disk=ssd,tolerations[0].operator=Exists,logLevel=debug"
                 .into(),
         ],
