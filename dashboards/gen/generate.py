@@ -408,7 +408,7 @@ ALERTS = [
                      "CryptoVizPipelineNotReady cannot fire.",
          case=dict(series=[('up{namespace="cryptoviz-system",job="cryptoviz-operator",instance="10.0.0.2:8080"}',
                             "1 0x15 1x5")],
-                   fire=("13m", dict(job="cryptoviz-operator")), resolve="18m")),
+                   fire=("13m", dict()), resolve="18m")),  # absent() of a comparison has no labels
     dict(group="cryptoviz-operator", alert="CryptoVizPipelineNotReady", severity="warning", for_="10m",
          expr='max by (namespace, pipeline) (label_replace(cryptoviz_operator_pipeline_ready, '
               '"namespace", "$1", "exported_namespace", "(.+)")) == 0',
