@@ -2,6 +2,7 @@
 //! configuration format that the operator renders from it and every worker mode reads.
 
 pub mod config;
+pub mod cross_field;
 pub mod duration;
 mod pipeline;
 pub mod topics;

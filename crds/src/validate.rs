@@ -152,7 +152,8 @@ fn list(errors: &[FieldError]) -> String {
 }
 
 /// Parse a CryptoPipeline manifest as `kubectl apply --validate=strict` would check it: `apiVersion` and
-/// `kind`, unknown fields, then the CRD's rules ([`validate`]).
+/// `kind`, unknown fields, then the CRD's rules ([`validate`]), then the cross-field rules the operator reports
+/// as `InvalidSpec` ([`crate::cross_field`]).
 pub fn parse_manifest(text: &str) -> Result<CryptoPipeline, ManifestError> {
     let raw: serde_json::Value =
         serde_saphyr::from_str(text).map_err(|e| ManifestError::Unreadable(format!("not YAML: {e}")))?;
@@ -168,6 +169,7 @@ pub fn parse_manifest(text: &str) -> Result<CryptoPipeline, ManifestError> {
         .map(|path| FieldError { path, message: "unknown field".into() })
         .collect();
     errors.extend(validate(&p));
+    errors.extend(crate::cross_field::check(&p));
     if errors.is_empty() { Ok(p) } else { Err(ManifestError::Invalid(errors)) }
 }
 
@@ -339,6 +341,10 @@ const COVERED: &[&str] = &[
     "spec.kafka.tls.caSecretRef.key:length",
     "spec.kafka.tls.caSecretRef.name:length",
     "spec.kafka.topics:rule",
+    // Transition rules (`oldSelf`): they judge an update, and a manifest read from a file never is one.
+    "spec.kafka.topics.dlq:rule",
+    "spec.kafka.topics.raw:rule",
+    "spec.kafka.topics.stream:rule",
     "spec.kafka.topics.dlq.config:rule",
     "spec.kafka.topics.dlq.name:length",
     "spec.kafka.topics.dlq.name:pattern",

@@ -397,6 +397,18 @@ ALERTS = [
          case=dict(series=[('cryptoviz_operator_reconcile_errors_total{namespace="cryptoviz-system",reason="kube_api",'
                             'instance="a"}', "0+1x30 30x20")],
                    fire=("25m", dict(namespace="cryptoviz-system", reason="kube_api")), resolve="40m")),
+    # As cert-manager ships it: every other operator alert goes silent when no operator runs, so its absence
+    # is an alert of its own. `job` is the Service's app.kubernetes.io/name (the chart's ServiceMonitor sets
+    # jobLabel), so it does not depend on the release name.
+    dict(group="cryptoviz-operator", alert="CryptoVizOperatorAbsent", severity="critical", for_="10m",
+         expr='absent(up{job="cryptoviz-operator"} == 1)',
+         summary="No CryptoViz operator replica has been scraped for 10 minutes",
+         description="Prometheus has no up sample equal to 1 for job cryptoviz-operator: the operator is not "
+                     "running, not scraped, or every replica fails. Nothing reconciles pipelines and "
+                     "CryptoVizPipelineNotReady cannot fire.",
+         case=dict(series=[('up{namespace="cryptoviz-system",job="cryptoviz-operator",instance="10.0.0.2:8080"}',
+                            "1 0x15 1x5")],
+                   fire=("13m", dict()), resolve="18m")),  # absent() of a comparison has no labels
     dict(group="cryptoviz-operator", alert="CryptoVizPipelineNotReady", severity="warning", for_="10m",
          expr='max by (namespace, pipeline) (label_replace(cryptoviz_operator_pipeline_ready, '
               '"namespace", "$1", "exported_namespace", "(.+)")) == 0',

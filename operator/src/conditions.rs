@@ -81,6 +81,9 @@ string_enum! {
         SecretInvalid = "SecretInvalid",
         /// The spec cannot be rendered into a worker configuration (only specs the schema did not check).
         ConfigInvalid = "ConfigInvalid",
+        /// On `Ready`: the spec passed the schema but is invalid at run time (a duration out of range, a
+        /// cross-field rule CEL cannot check); nothing is applied until it is fixed.
+        InvalidSpec = "InvalidSpec",
         // Topics.
         /// The topics match the spec.
         Provisioned = "Provisioned",

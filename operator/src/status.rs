@@ -140,9 +140,38 @@ pub fn paused(p: &CryptoPipeline, now: &Time) -> CryptoPipelineStatus {
     let prev = p.status.clone().unwrap_or_default();
     let why =
         if p.spec.paused { "spec.paused is true" } else { "annotation cryptoviz.io/pause-reconciliation is \"true\"" };
-    // Conditions of types we do not write (none today) are dropped, as before.
-    let mut checks: Vec<Check> = prev
-        .conditions
+    let mut checks = kept_checks(&prev);
+    let note = format!("{why}: the operator makes no changes");
+    checks.push(Check::ok(ConditionType::Paused, KnownReason::ReconciliationPaused, note.clone()));
+    checks.push(Check::failed(ConditionType::Ready, KnownReason::ReconciliationPaused, note));
+    CryptoPipelineStatus {
+        phase: Some(Phase::Paused),
+        conditions: merge(Some(&prev), checks, prev.observed_generation, now),
+        ..prev
+    }
+}
+
+/// The status of a pipeline whose spec is invalid at run time (`problems`, one per field): every concern as
+/// it was, `Ready=False` with reason `InvalidSpec` naming the fields, phase Degraded. `observedGeneration`
+/// is this generation: it was read, and refused.
+pub fn invalid(p: &CryptoPipeline, problems: &[String], now: &Time) -> CryptoPipelineStatus {
+    let prev = p.status.clone().unwrap_or_default();
+    let mut checks = kept_checks(&prev);
+    checks.push(Check::failed(ConditionType::Paused, KnownReason::NotPaused, "reconciliation is active"));
+    let message = format!("the spec is invalid, nothing is applied until it is fixed: {}", problems.join("; "));
+    checks.push(Check::failed(ConditionType::Ready, KnownReason::InvalidSpec, message));
+    CryptoPipelineStatus {
+        observed_generation: p.metadata.generation,
+        phase: Some(Phase::Degraded),
+        conditions: merge(Some(&prev), checks, p.metadata.generation, now),
+        ..prev
+    }
+}
+
+/// The concerns' conditions of a previous status as checks, without `Paused` and `Ready` (conditions of types
+/// we do not write, none today, are dropped).
+fn kept_checks(prev: &CryptoPipelineStatus) -> Vec<Check> {
+    prev.conditions
         .iter()
         .filter_map(|c| {
             let type_ = ConditionType::parse(&c.type_)?;
@@ -153,15 +182,7 @@ pub fn paused(p: &CryptoPipeline, now: &Time) -> CryptoPipelineStatus {
                 message: c.message.clone(),
             })
         })
-        .collect();
-    let note = format!("{why}: the operator makes no changes");
-    checks.push(Check::ok(ConditionType::Paused, KnownReason::ReconciliationPaused, note.clone()));
-    checks.push(Check::failed(ConditionType::Ready, KnownReason::ReconciliationPaused, note));
-    CryptoPipelineStatus {
-        phase: Some(Phase::Paused),
-        conditions: merge(Some(&prev), checks, prev.observed_generation, now),
-        ..prev
-    }
+        .collect()
 }
 
 fn merge(
@@ -320,6 +341,23 @@ mod tests {
         assert!(condition_is(&s, ConditionType::TopicsReady, ConditionStatus::True));
         let ready = condition(&s, ConditionType::Ready).unwrap();
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ReconciliationPaused"));
+        assert_eq!(s.conditions.len(), 3, "one condition per type: {:?}", s.conditions);
+    }
+
+    #[test]
+    fn an_invalid_spec_keeps_the_concerns_and_names_the_fields_on_ready() {
+        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap());
+        let checks = vec![Check::ok(ConditionType::TopicsReady, KnownReason::Provisioned, "fine")];
+        let mut p = p();
+        p.status = Some(compute(&p, Observed { checks, topics: None, previous: None }, &t0));
+        p.metadata.generation = Some(4);
+        let s = invalid(&p, &["spec.timescale.compressAfter: too late".into()], &t0);
+        assert_eq!((s.phase, s.observed_generation), (Some(Phase::Degraded), Some(4)));
+        assert!(condition_is(&s, ConditionType::TopicsReady, ConditionStatus::True));
+        assert!(condition_is(&s, ConditionType::Paused, ConditionStatus::False));
+        let ready = condition(&s, ConditionType::Ready).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+        assert!(ready.message.ends_with("spec.timescale.compressAfter: too late"), "{}", ready.message);
         assert_eq!(s.conditions.len(), 3, "one condition per type: {:?}", s.conditions);
     }
 }

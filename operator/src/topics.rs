@@ -47,6 +47,10 @@ pub enum TopicsError {
     /// The spec does not render into a worker configuration, so there are no client properties to connect with.
     #[error("invalid spec: {0}")]
     Config(#[from] cryptoviz_crds::config::RenderError),
+    /// librdkafka refused a client property. Only the property is named: librdkafka's own text quotes the
+    /// value, which may be a credential from a Secret.
+    #[error("librdkafka refuses the client property {0} (its value is not shown)")]
+    ClientProperty(String),
 }
 
 impl TopicsError {
@@ -55,8 +59,16 @@ impl TopicsError {
         match self {
             TopicsError::Admin { .. } => KnownReason::KafkaUnavailable,
             TopicsError::Secret(_) => KnownReason::SecretInvalid,
-            TopicsError::Config(_) => KnownReason::ConfigInvalid,
+            TopicsError::Config(_) | TopicsError::ClientProperty(_) => KnownReason::ConfigInvalid,
         }
+    }
+}
+
+/// The error of creating an admin client, with config values stripped (see [`TopicsError::ClientProperty`]).
+fn connect_error(source: KafkaError) -> TopicsError {
+    match source {
+        KafkaError::ClientConfig(_, _, key, _) => TopicsError::ClientProperty(key),
+        source => TopicsError::Admin { operation: "connect", source },
     }
 }
 
@@ -200,8 +212,7 @@ impl TopicAdmin {
             cfg.set(k, v);
         }
         cfg.set("socket.timeout.ms", "10000");
-        let client: AdminClient<DefaultClientContext> =
-            cfg.create().map_err(|source| TopicsError::Admin { operation: "connect", source })?;
+        let client: AdminClient<DefaultClientContext> = cfg.create().map_err(connect_error)?;
         let client = Arc::new(client);
         let topics = names.into_iter().collect();
         self.clients.lock().unwrap().insert(key, Admin { client: client.clone(), topics });
@@ -446,6 +457,20 @@ async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_client_property_is_named_without_its_value() {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", "127.0.0.1:9").set("security.protocol", "hunter2-secret");
+        let Err(raw) = cfg.create::<AdminClient<DefaultClientContext>>() else {
+            panic!("librdkafka refuses the value")
+        };
+        assert!(raw.to_string().contains("hunter2-secret"), "librdkafka quotes the value: {raw}");
+        let e = connect_error(raw);
+        assert_eq!(e.reason(), KnownReason::ConfigInvalid);
+        let text = e.to_string();
+        assert!(text.contains("security.protocol") && !text.contains("hunter2"), "{text}");
+    }
 
     #[tokio::test]
     async fn an_admin_client_is_replaced_after_enough_distinct_topics() {

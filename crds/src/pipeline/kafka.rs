@@ -95,10 +95,16 @@ pub struct TopicsSpec {
 }
 
 /// One Kafka topic as declared.
+///
+/// The name is fixed at creation: `self == oldSelf` on `name` only fires when both versions have one, so the
+/// rule at this level also refuses adding or removing it (either would re-point the pipeline at another topic
+/// and orphan the old one).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.name) == has(oldSelf.name)").message("a topic name may not be added or removed after creation: create a new pipeline to move to a new topic").field_path(".name"))]
 pub struct TopicSpec {
-    /// Topic name override. Kafka's rules: letters, digits, `.`, `_`, `-`, at most 249 characters.
+    /// Topic name override, fixed at creation: it may not be changed, added or removed afterwards.
+    /// Kafka's rules: letters, digits, `.`, `_`, `-`, at most 249 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("a topic may not be named '.' or '..'"))]

@@ -49,9 +49,10 @@ pub enum Error {
     /// The Kubernetes API refused or failed a request.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// The spec cannot be rendered (only possible for specs the schema did not check).
-    #[error("invalid spec: {0}")]
-    Render(#[from] cryptoviz_crds::config::RenderError),
+    /// The spec passed the schema but is invalid at run time: one problem per field, each naming it. The
+    /// status says so (`Ready=False`, reason `InvalidSpec`) before the reconcile fails with this.
+    #[error("invalid spec: {}", .0.join("; "))]
+    InvalidSpec(Vec<String>),
     /// External clean-up failed and will be retried.
     #[error("clean-up of {0} failed: {1}")]
     Cleanup(&'static str, String),
@@ -62,7 +63,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube_api",
-            Error::Render(_) => "invalid_spec",
+            Error::InvalidSpec(_) => "invalid_spec",
             Error::Cleanup(..) => "cleanup",
         }
     }
@@ -255,11 +256,44 @@ async fn reconcile_inner(p: &CryptoPipeline, ctx: &Context) -> Result<Action, Er
         Lifecycle::Active => {}
     }
     sync_finalizer(p, ctx).await?;
-    apply_workloads(p, ctx, workloads::desired(p, &s.settings.workloads)?).await?;
+    let desired = match spec_at_run_time(p, &s.settings.workloads) {
+        Ok(d) => d,
+        Err(problems) => return refuse_invalid(p, ctx, problems, &now).await,
+    };
+    apply_workloads(p, ctx, desired).await?;
     let external = reconcile_external(p, ctx).await;
     let polled_ready = external.polled_ready();
     report(p, ctx, external, &now).await?;
     Ok(next_action(ctx, p, polled_ready))
+}
+
+/// The children a spec renders to, or every problem that makes it invalid at run time (a field that does
+/// not render, a cross-field rule CEL cannot check), each naming its field.
+fn spec_at_run_time(p: &CryptoPipeline, d: &WorkloadDefaults) -> Result<workloads::Desired, Vec<String>> {
+    let mut problems: Vec<String> = cryptoviz_crds::cross_field::check(p).iter().map(ToString::to_string).collect();
+    match workloads::desired(p, d) {
+        Ok(desired) if problems.is_empty() => Ok(desired),
+        Ok(_) => Err(problems),
+        Err(e) => {
+            problems.insert(0, e.to_string());
+            Err(problems)
+        }
+    }
+}
+
+/// A spec invalid at run time: nothing is applied; `Ready=False` with reason `InvalidSpec` naming the fields,
+/// a Warning event when the problems are new, and the reconcile fails (logged and counted as `invalid_spec`).
+async fn refuse_invalid(p: &CryptoPipeline, ctx: &Context, problems: Vec<String>, now: &Time) -> Result<Action, Error> {
+    let new = status::invalid(p, &problems, now);
+    let ready = |s: &CryptoPipelineStatus| {
+        status::condition(s, ConditionType::Ready).map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if p.status.as_ref().and_then(ready) != ready(&new) {
+        publish(ctx, p, EventType::Warning, KnownReason::InvalidSpec.as_str(), problems.join("; ")).await;
+    }
+    ctx.shared.metrics.pipeline_ready.get_or_create(&pipeline_labels(p)).set(0);
+    patch_status_if_changed(p, ctx, new).await?;
+    Err(Error::InvalidSpec(problems))
 }
 
 /// What the reconcilers of the systems outside the cluster found and did: Kafka, the database, and the

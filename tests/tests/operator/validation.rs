@@ -124,3 +124,39 @@ async fn partitions_only_grow_and_replication_is_immutable() {
     let err = patch(serde_json::json!({"kafka": {"topics": {"raw": {"replicationFactor": 3}}}})).await.unwrap_err();
     assert!(err.to_string().contains("replicationFactor is immutable"), "{err}");
 }
+
+/// `self == oldSelf` on an optional field only fires when both versions have it: adding or removing a topic
+/// name on a live pipeline (which would re-point it at another topic) is refused by the rule one level up,
+/// with a message naming the field.
+#[tokio::test]
+async fn a_topic_name_cannot_be_added_or_removed() {
+    let client = TestEnv::get().kube_client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "topic-names").await;
+    let api: Api<CryptoPipeline> = Api::namespaced(client.clone(), &ns);
+    let api = &api;
+    let patch = |name: &'static str, v: serde_json::Value| async move {
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": v}))).await
+    };
+    let refused = |err: kube::Error| {
+        let text = err.to_string();
+        assert!(text.contains("spec.kafka.topics.raw.name"), "the field is named: {text}");
+        assert!(text.contains("may not be added or removed"), "{text}");
+    };
+
+    api.create(&PostParams::default(), &pipeline("unnamed", serde_json::json!({"paused": true}))).await.unwrap();
+    let added = serde_json::json!({"kafka": {"topics": {"raw": {"name": "elsewhere.raw"}}}});
+    refused(patch("unnamed", added).await.expect_err("adding a name is refused"));
+
+    let named =
+        pipeline("named", serde_json::json!({"paused": true, "kafka": {"topics": {"raw": {"name": "mine.raw"}}}}));
+    api.create(&PostParams::default(), &named).await.unwrap();
+    let removed = serde_json::json!({"kafka": {"topics": {"raw": {"name": null}}}});
+    refused(patch("named", removed).await.expect_err("removing the name is refused"));
+    // Other fields of the same topic still change, and the name stays.
+    patch("named", serde_json::json!({"kafka": {"topics": {"raw": {"partitions": 6}}}}))
+        .await
+        .expect("growing is allowed");
+    let live = api.get("named").await.unwrap();
+    assert_eq!(live.spec.kafka.topics.raw.name.as_deref(), Some("mine.raw"));
+}
