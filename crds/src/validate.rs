@@ -27,6 +27,17 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// A ticker as `spec.symbols` takes it: `^[A-Z0-9]{1,15}$`. The consumer holds every message's symbol to it too.
+pub fn is_symbol(s: &str) -> bool {
+    (1..=15).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// A quote currency as `spec.quote` takes it: `^[A-Z]{3,5}$`. The consumer holds every message's quote to it
+/// too (Binance's `USDT` included).
+pub fn is_quote(s: &str) -> bool {
+    (3..=5).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 /// Every field of `p` the CRD's schema or its CEL rules would refuse, in field order (empty: valid).
 pub fn validate(p: &CryptoPipeline) -> Vec<FieldError> {
     let mut v = Errors::default();
@@ -42,14 +53,14 @@ pub fn validate(p: &CryptoPipeline) -> Vec<FieldError> {
     let mut seen = HashSet::new();
     for (i, sym) in s.symbols.iter().enumerate() {
         let path = format!("spec.symbols[{i}]");
-        if !(1..=15).contains(&sym.len()) || !sym.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+        if !is_symbol(sym) {
             v.push(&path, format!("{sym:?} must match ^[A-Z0-9]{{1,15}}$ (upper-case tickers)"));
         }
         if !seen.insert(sym) {
             v.push(&path, format!("duplicate value {sym:?}"));
         }
     }
-    if !(3..=5).contains(&s.quote.len()) || !s.quote.bytes().all(|b| b.is_ascii_uppercase()) {
+    if !is_quote(&s.quote) {
         v.push("spec.quote", format!("{:?} must match ^[A-Z]{{3,5}}$", s.quote));
     }
 

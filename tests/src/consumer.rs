@@ -73,7 +73,12 @@ impl Setup {
 
     /// Start the consumer process.
     pub fn start(&self) -> Worker {
-        Worker::start(self)
+        Worker::start(self, &[])
+    }
+
+    /// Start the consumer process with extra environment variables (e.g. a test failpoint).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Worker {
+        Worker::start(self, env)
     }
 
     /// Produce `(key, payload)` records to the raw topic, waiting for every acknowledgement.
@@ -137,8 +142,10 @@ impl Setup {
         })
     }
 
-    /// Every record on the dead-letter topic: (headers as `name=value`, payload).
-    pub fn dead_letters(&self, expected: usize) -> Vec<(Vec<String>, Vec<u8>)> {
+    /// Every record on the dead-letter topic, read up to its high watermark at the time of the call, however
+    /// many that is: (headers as `name=value`, payload). Called once the raw topic is fully committed (a dead
+    /// letter is acknowledged before its offset is committed), it is every dead letter the run wrote.
+    pub fn dead_letters(&self) -> Vec<(Vec<String>, Vec<u8>)> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", TestEnv::get().kafka_bootstrap())
             .set("group.id", unique("dlq-reader"))
@@ -148,11 +155,15 @@ impl Setup {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.cfg.kafka.dlq_topic, 0, Offset::Beginning).unwrap();
         c.assign(&tpl).unwrap();
+        let (_, high) = c.fetch_watermarks(&self.cfg.kafka.dlq_topic, 0, Duration::from_secs(10)).unwrap();
         let mut out = Vec::new();
+        let mut next = 0;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while out.len() < expected && std::time::Instant::now() < deadline {
+        while next < high {
+            assert!(std::time::Instant::now() < deadline, "read {next} of {high} dead letters in 30 s");
             if let Some(m) = c.poll(Duration::from_millis(200)) {
                 let m = m.unwrap();
+                next = m.offset() + 1;
                 let headers = m
                     .headers()
                     .map(|h| {
@@ -176,9 +187,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn start(s: &Setup) -> Worker {
+    fn start(s: &Setup, env: &[(&str, &str)]) -> Worker {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = binary::worker("consumer")
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&s.config_path)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -193,6 +205,16 @@ impl Worker {
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Wait (at most `within`) for the process to end by itself; its exit status.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("the consumer to exit by itself", within, || {
+            let r = child.try_wait().unwrap();
+            async move { r }
+        })
+        .await
     }
 
     /// SIGTERM, then wait for a clean exit.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use cryptoviz_crds::CryptoPipeline;
 use cryptoviz_tests::operator::{Operator, OperatorOptions, create, install_crd, namespace, pipeline};
 use cryptoviz_tests::{TestEnv, wait_for};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 
 const HOT_LOOP_WINDOW: Duration = Duration::from_secs(20);
@@ -28,8 +29,12 @@ impl Drop for BrokerStopped {
 }
 
 async fn topics_condition(api: &Api<CryptoPipeline>, name: &str) -> Option<(String, String)> {
-    let c = api.get(name).await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "TopicsReady")?;
+    let c = topics_ready(api, name).await?;
     Some((c.status, c.reason))
+}
+
+async fn topics_ready(api: &Api<CryptoPipeline>, name: &str) -> Option<Condition> {
+    api.get(name).await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "TopicsReady")
 }
 
 #[tokio::test]
@@ -46,10 +51,11 @@ async fn broker_down_is_reported_then_recovered_without_a_hot_loop() {
     let t = Duration::from_secs(90);
     wait_for("TopicsReady=True", t, || async { (topics_condition(&api, "p").await?.0 == "True").then_some(()) }).await;
 
-    {
+    let down_since = {
         let _down = BrokerStopped::new(env);
-        wait_for("TopicsReady=False KafkaUnavailable", t, || async {
-            (topics_condition(&api, "p").await? == ("False".into(), "KafkaUnavailable".into())).then_some(())
+        let down = wait_for("TopicsReady=False KafkaUnavailable", t, || async {
+            let c = topics_ready(&api, "p").await?;
+            (c.status == "False" && c.reason == "KafkaUnavailable").then_some(c.last_transition_time)
         })
         .await;
         // While the broker is down, retries back off: count reconciles over a fixed observation window
@@ -58,11 +64,23 @@ async fn broker_down_is_reported_then_recovered_without_a_hot_loop() {
         tokio::time::sleep(HOT_LOOP_WINDOW).await;
         let r1 = op.metric_sum("cryptoviz_operator_reconciliations_total", &[]).await;
         assert!(r1 - r0 <= 12.0, "{} reconciles in {HOT_LOOP_WINDOW:?} with the broker down", r1 - r0);
-    }
-    wait_for("TopicsReady=True after the broker is back", Duration::from_secs(180), || async {
-        (topics_condition(&api, "p").await? == ("True".into(), "Provisioned".into())).then_some(())
+        down
+    };
+    // Recovery, not only restraint: the condition turns True again in a new transition, and reconciles go on
+    // succeeding (every resync, 2 s) after it — an operator stuck in its backoff or its watch would fail here.
+    let up = wait_for("TopicsReady=True after the broker is back", Duration::from_secs(180), || async {
+        let c = topics_ready(&api, "p").await?;
+        (c.status == "True" && c.reason == "Provisioned").then_some(c.last_transition_time)
     })
     .await;
+    assert!(up.0 > down_since.0, "TopicsReady turned True again ({up:?}) after it turned False ({down_since:?})");
+    let ok = || op.metric_sum("cryptoviz_operator_reconciliations_total", &[("result", "ok")]);
+    let ok0 = ok().await;
+    wait_for("successful reconciles to resume after the recovery", Duration::from_secs(60), || async {
+        (ok().await >= ok0 + 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(topics_condition(&api, "p").await, Some(("True".into(), "Provisioned".into())), "and it stays True");
     let ready =
         api.get("p").await.unwrap().status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.status, "True");

@@ -7,6 +7,9 @@
 
 use std::fmt;
 
+mod rules;
+pub use rules::{InvalidValue, MAX_AHEAD, MAX_FRACTION_DIGITS, MAX_INTEGER_DIGITS, MAX_TRADE_ID_LEN, earliest};
+
 use chrono::{DateTime, Utc};
 use cryptoviz_crds::SourceKind;
 use schemars::JsonSchema;

@@ -12,33 +12,60 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 const TICKS: u64 = 300;
 const TRADES: u64 = 200;
 
-/// Poison records and the reason label each must be dead-lettered with.
-fn poison() -> Vec<((String, Vec<u8>), &'static str)> {
+/// The price the test's CHECK constraint makes the database refuse (valid by every value rule).
+const REFUSED_PRICE: &str = "4242.4242";
+
+/// A poison record: (key, payload), what its reason must say and, for a broken value rule, the field it must
+/// name.
+type Poison = ((String, Vec<u8>), &'static str, Option<&'static str>);
+
+/// Every poison record of the test.
+fn poison() -> Vec<Poison> {
     let t = "2024-03-25T08:45:00Z";
     let raw = |s: String| ("BTC".to_string(), s.into_bytes());
+    let at = |time: &str| {
+        raw(format!(
+            r#"{{"type":"tick","source":"kraken","symbol":"BTC","quote":"USD","price":"1","exchange_time":"{time}","received_at":"{t}"}}"#
+        ))
+    };
     vec![
-        (raw("not json".into()), "invalid message"),
-        (raw(String::new()), "empty payload"),
+        (raw("not json".into()), "invalid message", None),
+        (raw(String::new()), "empty payload", None),
         (
             raw(format!(
                 r#"{{"type":"tick","source":"kraken","symbol":"BTC","quote":"USD","price":"1,5","exchange_time":"{t}","received_at":"{t}"}}"#
             )),
             "not a decimal",
+            None,
         ),
         (
             raw(format!(
                 r#"{{"type":"tick","v":2,"source":"kraken","symbol":"BTC","quote":"USD","price":"1","exchange_time":"{t}","received_at":"{t}"}}"#
             )),
             "unsupported schema version 2",
+            None,
         ),
         (
             raw(format!(
                 r#"{{"type":"alert","source":"kraken","symbol":"BTC","quote":"USD","from_price":"1","to_price":"2","change_pct":100.0,"window_ms":1000,"time":"{t}"}}"#
             )),
             "unexpected message type alert",
+            None,
         ),
-        // Valid JSON and a valid decimal, beyond what `numeric` holds: only the database can refuse it.
-        (tick(1_000_000, "1e999999"), "rejected by the database"),
+        // Valid JSON and valid decimals, each breaking one value rule (docs/messages.md, "Value rules").
+        (tick(1_000_001, "-5"), "invalid value: price -5 must be greater than zero", Some("price")),
+        (tick(1_000_002, "0"), "invalid value: price 0 must be greater than zero", Some("price")),
+        (tick(1_000_003, "1e309"), "invalid value: price 1e309 has more than 20 integer digits", Some("price")),
+        (
+            tick(1_000_004, "0.0000000000000000000000000000001"),
+            "invalid value: price 0.0000000000000000000000000000001 has more than 30 fraction digits",
+            Some("price"),
+        ),
+        (trade(1_000_005, "1", "0"), "invalid value: quantity 0 must be greater than zero", Some("quantity")),
+        (at("2064-03-25T08:45:00Z"), "invalid value: exchange_time", Some("exchange_time")),
+        (at("1984-03-25T08:45:00Z"), "invalid value: exchange_time", Some("exchange_time")),
+        // Valid by every rule, refused by a constraint on the table: only the database can refuse it.
+        (tick(1_000_000, REFUSED_PRICE), "rejected by the database", None),
     ]
 }
 
@@ -55,7 +82,16 @@ async fn stores_everything_once_and_dead_letters_poison(db_url: &str) {
     let duplicates = records.clone();
     records.extend(duplicates);
     let poison = poison();
-    records.extend(poison.iter().map(|(r, _)| r.clone()));
+    records.extend(poison.iter().map(|(r, _, _)| r.clone()));
+    let mut c = PgConnection::connect(db_url).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER TABLE \"{}\".ticks ADD CONSTRAINT cv_test_refused CHECK (price <> {REFUSED_PRICE})",
+        s.schema
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
     s.produce(&records).await;
 
     let w = s.start();
@@ -89,21 +125,27 @@ async fn stores_everything_once_and_dead_letters_poison(db_url: &str) {
     assert_eq!(prices, ["0.000000012345678901234567890"]);
     c.close().await.unwrap();
 
-    let letters = s.dead_letters(poison.len());
-    assert_eq!(letters.len(), poison.len(), "dead letters: {letters:?}");
-    for ((record, why), (headers, payload)) in poison.iter().zip(&letters) {
+    // Committed to the end: every dead letter this run writes is on the topic. Read all of them, not n.
+    let letters = s.dead_letters();
+    assert_eq!(letters.len(), poison.len(), "each poison record dead-lettered once: {letters:?}");
+    for ((record, why, field), (headers, payload)) in poison.iter().zip(&letters) {
         assert_eq!(payload, &record.1, "the original payload is forwarded verbatim");
         let reason = headers.iter().find_map(|h| h.strip_prefix("cv-dlq-reason=")).unwrap_or_default();
         assert!(reason.contains(why), "reason {reason:?} should mention {why:?}");
+        let named = headers.iter().find_map(|h| h.strip_prefix("cv-dlq-field="));
+        assert_eq!(named, *field, "{headers:?}");
         assert!(headers.contains(&format!("cv-dlq-topic={}", s.cfg.kafka.raw_topic)), "{headers:?}");
         assert!(headers.iter().any(|h| h.starts_with("cv-dlq-partition=")), "{headers:?}");
         assert!(headers.iter().any(|h| h.starts_with("cv-dlq-offset=")), "{headers:?}");
     }
-    assert_eq!(letters.len(), poison.len(), "no dead letter twice");
 
     assert_eq!(w.metric("cryptoviz_consumer_rows_written_total", &[("table", "ticks")]).await, Some(TICKS as f64));
     assert_eq!(w.metric("cryptoviz_consumer_rows_written_total", &[("table", "trades")]).await, Some(TRADES as f64));
+    // Every good record was produced twice: each copy counted once, as written or as duplicate.
+    assert_eq!(w.metric("cryptoviz_consumer_rows_duplicate_total", &[("table", "ticks")]).await, Some(TICKS as f64));
+    assert_eq!(w.metric("cryptoviz_consumer_rows_duplicate_total", &[("table", "trades")]).await, Some(TRADES as f64));
     assert_eq!(w.metric("cryptoviz_consumer_dlq_messages_total", &[("reason", "invalid_message")]).await, Some(3.0));
+    assert_eq!(w.metric("cryptoviz_consumer_dlq_messages_total", &[("reason", "invalid_value")]).await, Some(7.0));
     assert_eq!(w.metric("cryptoviz_consumer_dlq_messages_total", &[("reason", "database_rejected")]).await, Some(1.0));
     assert_eq!(w.metric("cryptoviz_consumer_database_errors_total", &[("kind", "data")]).await, Some(1.0));
     let (_, metrics) = w.get("/metrics").await.unwrap();
@@ -121,6 +163,35 @@ async fn postgres_stores_every_record_once_with_exact_decimals_and_dead_letters_
 #[tokio::test]
 async fn timescale_stores_every_record_once_with_exact_decimals_and_dead_letters_poison() {
     stores_everything_once_and_dead_letters_poison(TestEnv::get().timescale_url()).await;
+}
+
+#[tokio::test]
+async fn a_row_the_database_refuses_is_isolated_and_every_other_row_counted_once() {
+    let s = Setup::new(TestEnv::get().postgres_url(), 1, 100, "500ms").await;
+    let mut c = PgConnection::connect(&s.db_url).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER TABLE \"{}\".ticks ADD CONSTRAINT cv_test_refused CHECK (price <> {REFUSED_PRICE})",
+        s.schema
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    // 50 fresh ticks, one the database refuses, then the first 10 again: the refused row splits a batch of
+    // fresh rows, which are stored one by one.
+    let mut records: Vec<_> = (0..50).map(|i| tick(i, if i == 25 { REFUSED_PRICE } else { "7.5" })).collect();
+    records.extend((0..10).map(|i| tick(i, "7.5")));
+    s.produce(&records).await;
+    let w = s.start();
+    wait_for("offsets committed to the end of the raw topic", Duration::from_secs(60), || async {
+        s.fully_committed().then_some(())
+    })
+    .await;
+    assert_eq!(s.count("ticks").await, 49);
+    assert_eq!(w.metric("cryptoviz_consumer_dlq_messages_total", &[("reason", "database_rejected")]).await, Some(1.0));
+    assert_eq!(w.metric("cryptoviz_consumer_rows_written_total", &[("table", "ticks")]).await, Some(49.0));
+    assert_eq!(w.metric("cryptoviz_consumer_rows_duplicate_total", &[("table", "ticks")]).await, Some(10.0));
+    w.stop().await;
 }
 
 #[tokio::test]

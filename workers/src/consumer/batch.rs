@@ -8,18 +8,20 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::message::{Message, SCHEMA_VERSION, Side, Tick, Trade};
+use crate::message::{InvalidValue, Message, SCHEMA_VERSION, Side, Tick, Trade};
 
 /// Why a record cannot be stored; sent with it to the dead-letter topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// Not a schema-v1 message (bad JSON, missing field, invalid decimal, empty payload).
     Invalid(String),
+    /// A schema-v1 message with a field breaking its value rule (docs/messages.md, "Value rules").
+    InvalidValue(InvalidValue),
     /// A schema version this consumer does not know.
     UnsupportedVersion(u8),
     /// A valid message of a kind the raw topic must not carry (alerts live on the stream topic).
     UnexpectedKind(&'static str),
-    /// The database refused the row (e.g. a decimal beyond `numeric`'s range).
+    /// The database refused the row (e.g. a constraint added to the table).
     DatabaseRejected(String),
 }
 
@@ -28,6 +30,7 @@ impl Rejection {
     pub fn label(&self) -> &'static str {
         match self {
             Rejection::Invalid(_) => "invalid_message",
+            Rejection::InvalidValue(_) => "invalid_value",
             Rejection::UnsupportedVersion(_) => "unsupported_version",
             Rejection::UnexpectedKind(_) => "unexpected_kind",
             Rejection::DatabaseRejected(_) => "database_rejected",
@@ -39,6 +42,7 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::Invalid(e) => write!(f, "invalid message: {e}"),
+            Rejection::InvalidValue(e) => write!(f, "invalid value: {e}"),
             Rejection::UnsupportedVersion(v) => {
                 write!(f, "unsupported schema version {v} (this consumer reads {SCHEMA_VERSION})")
             }
@@ -90,16 +94,37 @@ impl Entry {
     }
 }
 
-/// Decode one payload of the raw topic.
+impl Rejection {
+    /// The message field a value rule refused, if that is why.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Rejection::InvalidValue(e) => Some(e.field),
+            _ => None,
+        }
+    }
+}
+
+/// Decode one payload of the raw topic, and hold its values to their rules at the reader's clock.
 pub fn decode(payload: Option<&[u8]>) -> Row {
+    decode_at(payload, Utc::now())
+}
+
+/// [`decode`], judging times against `now`.
+pub fn decode_at(payload: Option<&[u8]>, now: DateTime<Utc>) -> Row {
     let Some(payload) = payload.filter(|p| !p.is_empty()) else {
         return Row::Rejected(Rejection::Invalid("empty payload".into()));
     };
     match Message::from_json(payload) {
         Ok(Message::Tick(t)) if t.v != SCHEMA_VERSION => Row::Rejected(Rejection::UnsupportedVersion(t.v)),
         Ok(Message::Trade(t)) if t.v != SCHEMA_VERSION => Row::Rejected(Rejection::UnsupportedVersion(t.v)),
-        Ok(Message::Tick(t)) => Row::Tick(t),
-        Ok(Message::Trade(t)) => Row::Trade(t),
+        Ok(Message::Tick(t)) => match t.check(now) {
+            Ok(()) => Row::Tick(t),
+            Err(e) => Row::Rejected(Rejection::InvalidValue(e)),
+        },
+        Ok(Message::Trade(t)) => match t.check(now) {
+            Ok(()) => Row::Trade(t),
+            Err(e) => Row::Rejected(Rejection::InvalidValue(e)),
+        },
         Ok(m) => Row::Rejected(Rejection::UnexpectedKind(m.kind())),
         Err(e) => Row::Rejected(Rejection::Invalid(e.to_string())),
     }
@@ -345,12 +370,37 @@ mod tests {
             (Some(&b"not json"[..]), "invalid_message"),
             (Some(br#"{"type":"tick","source":"kraken","symbol":"BTC","quote":"USD","price":"1,5","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#), "invalid_message"),
             (Some(br#"{"type":"tick","v":2,"source":"kraken","symbol":"BTC","quote":"USD","price":"1","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#), "unsupported_version"),
+            (Some(br#"{"type":"tick","source":"kraken","symbol":"BTC","quote":"USD","price":"-5","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#), "invalid_value"),
+            (Some(br#"{"type":"tick","source":"kraken","symbol":"BTC","quote":"USD","price":"1e309","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#), "invalid_value"),
+            (Some(br#"{"type":"trade","source":"kraken","symbol":"BTC","quote":"USD","trade_id":"1","price":"1","quantity":"0","exchange_time":"2024-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#), "invalid_value"),
+            (Some(br#"{"type":"tick","source":"kraken","symbol":"BTC","quote":"USD","price":"1","exchange_time":"2064-03-25T08:45:00Z","received_at":"2024-03-25T08:45:00Z"}"#), "invalid_value"),
             (Some(br#"{"type":"alert","source":"kraken","symbol":"BTC","quote":"USD","from_price":"1","to_price":"2","change_pct":100.0,"window_ms":1000,"time":"2024-03-25T08:45:00Z"}"#), "unexpected_kind"),
         ];
         for (payload, label) in cases {
             match decode(payload) {
                 Row::Rejected(r) => assert_eq!(r.label(), label, "{payload:?}: {r}"),
                 other => panic!("{payload:?} decoded as {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_value_rule_is_rejected_naming_the_field() {
+        let now = DateTime::parse_from_rfc3339("2024-03-25T09:00:00Z").unwrap().to_utc();
+        assert!(matches!(decode_at(Some(TICK.as_bytes()), now), Row::Tick(_)));
+        let cases = [
+            (TICK.replace(r#""price":"67187.330000000001""#, r#""price":"-5""#), "price"),
+            (TICK.replace(r#""bid":"67187.3""#, r#""bid":"0.0000000000000000000000000000001""#), "bid"),
+            (TRADE.replace(r#""quantity":"0.5""#, r#""quantity":"0""#), "quantity"),
+            (TRADE.replace("2024-03-25T08:45:01Z", "1999-03-25T08:45:01Z"), "exchange_time"),
+        ];
+        for (payload, field) in cases {
+            match decode_at(Some(payload.as_bytes()), now) {
+                Row::Rejected(r) => {
+                    assert_eq!((r.label(), r.field()), ("invalid_value", Some(field)), "{payload}: {r}");
+                    assert!(r.to_string().starts_with(&format!("invalid value: {field} ")), "{r}");
+                }
+                other => panic!("{payload} decoded as {other:?}"),
             }
         }
     }

@@ -18,6 +18,31 @@ use super::metrics::{KindLabels, Metrics, TableLabels};
 use super::sink::{SinkError, Store, Written};
 use super::transport::{Commit, FlushError, Transport};
 
+/// Test builds only (ignored in release builds): abort the process right after the Nth batch's database
+/// transaction commits, before its dead letters and its offset commit, so a crash test lands in the window
+/// that makes the next run re-read stored rows.
+pub const ABORT_AFTER_STORED_ENV: &str = "CRYPTOVIZ_CONSUMER_TEST_ABORT_AFTER_STORED_BATCHES";
+
+/// The failpoint of [`ABORT_AFTER_STORED_ENV`]; compiled out of release builds.
+fn abort_after_stored() {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::AtomicU64;
+        static STORED: AtomicU64 = AtomicU64::new(0);
+        static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        let limit = LIMIT.get_or_init(|| std::env::var(ABORT_AFTER_STORED_ENV).ok().and_then(|v| v.parse().ok()));
+        if let Some(limit) = *limit
+            && STORED.fetch_add(1, Ordering::SeqCst) + 1 >= limit
+        {
+            tracing::error!(
+                batches = limit,
+                "test failpoint: aborting after a database commit, before its offset commit"
+            );
+            std::process::abort();
+        }
+    }
+}
+
 /// A batch being written on the runtime; the task hands it back with the result.
 struct Writing {
     started: Instant,
@@ -197,16 +222,16 @@ impl<S: Store> Flusher<S> {
         self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
     }
 
-    /// Account for the batch's first write attempt; rows the database refused are isolated and the rest
-    /// written again.
+    /// Account for the batch's first write attempt; when the database refused it, its rows are written one by
+    /// one, the refused ones dead-lettered. Each row the batch holds is counted once: as written, or as a
+    /// duplicate when it was stored already.
     fn stored(&self, batch: &mut Batch, first: Result<Written, SinkError>) -> Result<(), FlushError> {
         let written = match first {
             Ok(w) => w,
             Err(e) if e.is_data_error() => {
                 self.db_error(&e);
                 tracing::warn!(error = %e, "the database refused the batch: isolating the offending rows");
-                self.isolate_refused_rows(batch)?;
-                self.rt.block_on(self.sink.write(&batch.ticks(), &batch.trades())).inspect_err(|e| self.db_error(e))?
+                self.isolate_refused_rows(batch)?
             }
             Err(e) => {
                 self.db_error(&e);
@@ -215,6 +240,7 @@ impl<S: Store> Flusher<S> {
             }
         };
         self.set_db_ok(true);
+        abort_after_stored();
         let (ticks, trades, _) = batch.counts();
         for (table, n, total) in [("ticks", written.ticks, ticks), ("trades", written.trades, trades)] {
             self.metrics.rows_written.get_or_create(&TableLabels { table }).inc_by(n);
@@ -225,8 +251,12 @@ impl<S: Store> Flusher<S> {
     }
 
     /// Write each row alone (rare: only after the database refused a batch) and turn the rows it refuses into
-    /// dead letters, so one bad value never blocks the partition.
-    fn isolate_refused_rows(&self, batch: &mut Batch) -> Result<(), FlushError> {
+    /// dead letters, so one bad value never blocks the partition. Returns the rows inserted: the good rows are
+    /// stored by now, and writing the batch again would only find them present. A failure on the way leaves
+    /// the rows written so far stored but uncounted; the retried batch counts them as duplicates, so each row
+    /// is still counted once.
+    fn isolate_refused_rows(&self, batch: &mut Batch) -> Result<Written, FlushError> {
+        let mut written = Written::default();
         for i in 0..batch.len() {
             let (mut ticks, mut trades) = (batch::TickColumns::default(), batch::TradeColumns::default());
             match &batch.entries()[i].row {
@@ -235,7 +265,10 @@ impl<S: Store> Flusher<S> {
                 Row::Rejected(_) => continue,
             }
             match self.rt.block_on(self.sink.write(&ticks, &trades)) {
-                Ok(_) => {}
+                Ok(w) => {
+                    written.ticks += w.ticks;
+                    written.trades += w.trades;
+                }
                 Err(e) if e.is_data_error() => batch.reject(i, Rejection::DatabaseRejected(e.to_string())),
                 Err(e) => {
                     self.db_error(&e);
@@ -243,6 +276,6 @@ impl<S: Store> Flusher<S> {
                 }
             }
         }
-        Ok(())
+        Ok(written)
     }
 }

@@ -20,7 +20,7 @@ use super::metrics::{KindLabels, Metrics, PartitionLabels, ReasonLabels};
 use super::retry;
 use super::sink::Store;
 use super::transport::{Commit, FlushError, Transport};
-use super::{DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER};
+use super::{DLQ_FIELD_HEADER, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER};
 use crate::bus::kafka::client_config;
 
 /// How long a revocation waits for the pending batch to be stored before dropping it uncommitted.
@@ -148,7 +148,11 @@ impl<S: Store> Transport for KafkaConsumer<S> {
             let Row::Rejected(reason) = &e.row else { continue };
             let (partition, offset) = (e.partition.to_string(), e.offset.to_string());
             let reason_text = reason.to_string();
-            let headers = OwnedHeaders::new()
+            let mut headers = OwnedHeaders::new();
+            if let Some(field) = reason.field() {
+                headers = headers.insert(Header { key: DLQ_FIELD_HEADER, value: Some(field) });
+            }
+            let headers = headers
                 .insert(Header { key: DLQ_REASON_HEADER, value: Some(reason_text.as_str()) })
                 .insert(Header { key: DLQ_TOPIC_HEADER, value: Some(ctx.raw_topic.as_str()) })
                 .insert(Header { key: DLQ_PARTITION_HEADER, value: Some(partition.as_str()) })

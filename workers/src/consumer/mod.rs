@@ -49,6 +49,8 @@ use sink::{CONNECT_PER_BATCH_ENV, Sink};
 
 /// Dead-letter header: why the record was rejected.
 pub const DLQ_REASON_HEADER: &str = "cv-dlq-reason";
+/// Dead-letter header, on `invalid_value` dead letters only: the message field that broke its value rule.
+pub const DLQ_FIELD_HEADER: &str = "cv-dlq-field";
 /// Dead-letter header: the topic the record was read from.
 pub const DLQ_TOPIC_HEADER: &str = "cv-dlq-topic";
 /// Dead-letter header: its partition.

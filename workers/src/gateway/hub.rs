@@ -174,7 +174,11 @@ impl Hub {
         self.metrics.events_received.inc();
         let p = usize::try_from(rec.partition).unwrap_or(0);
         // Render outside the lock: only the id depends on the hub's state.
-        let rendered = match Message::from_json(&rec.payload) {
+        // The same value rules as the consumer's: a record breaking one is never shown.
+        let decoded = Message::from_json(&rec.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|m| m.check(chrono::Utc::now()).map_err(|e| format!("invalid value: {e}")).map(|()| m));
+        let rendered = match decoded {
             Ok(msg) => Some((payload::render(&msg), Box::<str>::from(msg.symbol()))),
             Err(e) => {
                 self.invalid.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use super::super::batch::{Batch, Entry, Row, TickColumns, TradeColumns};
 use super::super::flush::Flusher;
-use super::super::metrics::Metrics;
+use super::super::metrics::{Metrics, TableLabels};
 use super::super::sink::{SinkError, Store, Written};
 use super::super::transport::{Commit, FlushError, Transport};
 use super::{Limits, drive};
@@ -189,4 +189,103 @@ fn a_final_flush_that_fails_commits_nothing() {
     let r = run(vec![], vec![entry(0, 1, TICK)], 1, true);
     assert_eq!(r.log, vec![Event::WriteFailed]);
     assert!(r.committed.is_empty());
+}
+
+/// A data exception as PostgreSQL reports one (SQLSTATE 22003, numeric value out of range).
+#[derive(Debug)]
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("value out of range")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl sqlx::error::DatabaseError for Refused {
+    fn message(&self) -> &str {
+        "value out of range"
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some("22003".into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
+}
+
+/// A database with a primary key on the tick's exchange time that refuses, in one transaction, every batch
+/// holding a tick priced `666`: what it stores and what it reports, as PostgreSQL does.
+#[derive(Default)]
+struct Keyed {
+    stored: Mutex<std::collections::BTreeSet<chrono::DateTime<chrono::Utc>>>,
+}
+
+impl Store for Keyed {
+    async fn write(&self, ticks: &TickColumns<'_>, _: &TradeColumns<'_>) -> Result<Written, SinkError> {
+        if ticks.price.contains(&"666") {
+            return Err(SinkError::Sql(sqlx::Error::Database(Box::new(Refused))));
+        }
+        let mut stored = self.stored.lock().unwrap();
+        let inserted = ticks.time.iter().filter(|t| stored.insert(**t)).count();
+        Ok(Written { ticks: inserted as u64, trades: 0 })
+    }
+
+    async fn ping(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}
+
+fn tick_at(offset: i64, ms: u32, price: &str) -> Entry {
+    let payload = TICK.replace("67187.3", price).replace("08:45:00.123Z", &format!("08:45:00.{ms:03}Z"));
+    entry(0, offset, &payload)
+}
+
+#[test]
+fn a_refused_batch_counts_each_row_once_as_written_or_duplicate() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let log = Log::default();
+    let t = Script {
+        records: Mutex::default(),
+        rest: Mutex::default(),
+        want: BTreeMap::new(),
+        committed: Mutex::default(),
+        paused: AtomicBool::new(false),
+        stop: Arc::new(AtomicBool::new(false)),
+        deadline: Instant::now(),
+        log: log.clone(),
+    };
+    let sink = Arc::new(Keyed::default());
+    let f =
+        Flusher::new(rt.handle().clone(), sink.clone(), Metrics::new(&mut Registry::default()), Health::new(), true);
+    // One stored earlier (a re-delivery now), two new, one the database refuses, one repeated in the batch.
+    let Row::Tick(earlier) = tick_at(0, 1, "1").row else { unreachable!() };
+    sink.stored.lock().unwrap().insert(earlier.exchange_time);
+    let mut b = Batch::default();
+    for e in [tick_at(0, 1, "1"), tick_at(1, 2, "2"), tick_at(2, 3, "666"), tick_at(3, 4, "4"), tick_at(4, 4, "4")] {
+        b.push(e);
+    }
+    f.flush(&t, &mut b).unwrap();
+    let count = |family: &prometheus_client::metrics::family::Family<
+        TableLabels,
+        prometheus_client::metrics::counter::Counter,
+    >| { family.get_or_create(&TableLabels { table: "ticks" }).get() };
+    assert_eq!(count(&f.metrics.rows_written), 2, "the two new rows, stored one by one");
+    assert_eq!(count(&f.metrics.rows_duplicate), 2, "the re-delivery and the repeat");
+    assert_eq!(sink.stored.lock().unwrap().len(), 3);
+    let log = log.lock().unwrap().clone();
+    assert!(log.contains(&Event::DeadLetter(vec![2])), "{log:?}");
+    assert!(log.contains(&Event::Committed(BTreeMap::from([(0, 5)]), Commit::Sync)), "{log:?}");
 }
