@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 /// Why a client was disconnected or refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
-    /// `slow`, `max_clients`, `unauthorized`, `forbidden`.
+    /// `slow`, `max_clients`, `unauthorized`, `forbidden`, `bad_request`.
     pub reason: &'static str,
 }
 
@@ -88,7 +88,7 @@ impl Metrics {
 
     /// Total refused connections over every reason.
     pub fn rejected_total(&self) -> u64 {
-        ["max_clients", "unauthorized", "forbidden"]
+        ["max_clients", "unauthorized", "forbidden", "bad_request"]
             .iter()
             .map(|r| self.rejected.get_or_create(&Reason { reason: r }).get())
             .sum()

@@ -25,6 +25,7 @@ pub mod handoff;
 pub mod hub;
 pub mod kafka;
 pub mod metrics;
+pub mod params;
 pub mod payload;
 pub mod recent;
 pub mod sse;
