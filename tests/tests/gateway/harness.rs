@@ -381,6 +381,31 @@ impl Client {
         .expect("an event within the timeout")
     }
 
+    /// The body as it arrives for `d` (or until it ends, if sooner), raw: what a client pays for in bytes.
+    pub async fn raw_for(&mut self, d: Duration) -> String {
+        let mut raw = std::mem::take(&mut self.buf);
+        let _ = tokio::time::timeout(d, async {
+            while let Some(more) = self.read_some().await {
+                raw.push_str(&more);
+            }
+        })
+        .await;
+        raw
+    }
+
+    /// The whole body of a response that is not a stream, within [`EVENT_TIMEOUT`].
+    pub async fn body(&mut self) -> String {
+        tokio::time::timeout(EVENT_TIMEOUT, async {
+            let mut b = std::mem::take(&mut self.buf);
+            while let Some(more) = self.read_some().await {
+                b.push_str(&more);
+            }
+            b
+        })
+        .await
+        .expect("the body ends within the timeout")
+    }
+
     /// Read until the stream ends, within [`EVENT_TIMEOUT`]; the events seen on the way.
     pub async fn until_end(&mut self) -> Vec<Sse> {
         tokio::time::timeout(EVENT_TIMEOUT, async {

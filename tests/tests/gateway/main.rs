@@ -1,6 +1,7 @@
 //! The SSE gateway against real Kafka: the `cryptoviz-worker gateway` binary on a topic of its own per test.
 
 mod harness;
+mod hostile;
 mod page;
 
 use std::collections::{BTreeSet, HashMap};
