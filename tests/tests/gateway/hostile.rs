@@ -76,7 +76,9 @@ async fn oversized_and_malformed_ids_symbols_and_types_get_a_400_or_a_reset() {
     let topic = Topic::create(2).await;
     let gw = Gateway::start(&topic, Opts::default()).await;
     let long_id = (0..300).map(|p| format!("{}:{p}", p % 2)).collect::<Vec<_>>().join(",");
-    let resets: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    // (path, headers, reason)
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let resets: Vec<Case> = vec![
         ("/stream".into(), vec![("Last-Event-ID", long_id.as_str())], "invalid_id"),
         (format!("/stream?lastEventId={long_id}"), vec![], "invalid_id"),
         ("/stream?lastEventId=0:1,2:0".into(), vec![], "unknown_partition"),
