@@ -108,6 +108,13 @@ pub fn slow(stalled: Option<u64>, head: u64, bound: u64) -> bool {
     stalled.is_some_and(|pos| head.saturating_sub(pos) > bound)
 }
 
+/// True when a client whose socket has been full since `since` (`None`: not full) has been so for longer
+/// than `idle` at `now` (all milliseconds on one clock): it reads nothing, and the sweep drops it even when
+/// no events flow and it is behind by nothing.
+pub fn stalled(since: Option<u64>, now: u64, idle: u64) -> bool {
+    since.is_some_and(|t| now.saturating_sub(t) > idle)
+}
+
 /// What a non-blocking write of `total` bytes came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -308,6 +315,16 @@ mod tests {
         ];
         for (situation, stalled, head, bound, want) in sweeps {
             assert_eq!(slow(*stalled, *head, *bound), *want, "{situation}");
+        }
+        // (situation, full since, now, idle timeout, stalled)
+        let idles: &[(&str, Option<u64>, u64, u64, bool)] = &[
+            ("draining: never stalled", None, 1_000_000, 10, false),
+            ("full, within the timeout", Some(100), 110, 10, false),
+            ("full, past the timeout", Some(100), 111, 10, true),
+            ("full since later than now (clock read before)", Some(200), 100, 10, false),
+        ];
+        for (situation, since, now, idle, want) in idles {
+            assert_eq!(stalled(*since, *now, *idle), *want, "{situation}");
         }
     }
 

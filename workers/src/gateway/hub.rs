@@ -16,10 +16,11 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, watch};
 
-use super::admission::{ClientGuard, Clients};
+use super::admission::{ClientGuard, Clients, Refused};
 use super::cursor::Cursor;
 use super::delivery;
 use super::event::{self, Event};
+use super::limits::Limits;
 use super::metrics::Metrics;
 use super::payload;
 use super::stats::Stats;
@@ -39,6 +40,8 @@ pub struct HubOptions {
     pub retry_ms: u64,
     /// Concurrent clients at most.
     pub max_clients: u32,
+    /// Connection limits (per address, timeouts, request head).
+    pub limits: Limits,
 }
 
 impl HubOptions {
@@ -124,7 +127,7 @@ impl Hub {
             heartbeat_gen: AtomicU64::new(0),
             down: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
-            clients: Clients::new(opts.max_clients, metrics.clone()),
+            clients: Clients::new(opts.max_clients, opts.limits.max_per_address, metrics.clone()),
             invalid: AtomicU64::new(0),
             metrics,
             opts,
@@ -233,9 +236,10 @@ impl Hub {
         }
     }
 
-    /// Register a client, or `None` when `max_clients` are already connected.
-    pub fn admit(&self, kill: Option<Arc<Notify>>) -> Option<ClientGuard> {
-        self.clients.admit(kill)
+    /// Register a client from `address`, unless `max_clients` are already connected or the per-address cap
+    /// is reached for it.
+    pub fn admit(&self, kill: Option<Arc<Notify>>, address: std::net::IpAddr) -> Result<ClientGuard, Refused> {
+        self.clients.admit(kill, address)
     }
 
     /// Where a client starts: live, or after the event id `resume`. The id is read against the partitions
@@ -314,11 +318,12 @@ impl Hub {
         self.seq_tx.send_modify(|_| {});
     }
 
-    /// Disconnect every client further behind than its bound. A client whose socket is full is never
-    /// polled, so it cannot notice by itself; this closes its connection.
+    /// Disconnect every client further behind than its bound, or whose socket has stayed full for the idle
+    /// timeout. A client whose socket is full is never polled, so it cannot notice by itself; this closes
+    /// its connection.
     pub fn sweep_slow(&self) -> usize {
         let head = self.state.read().expect("hub lock").next_seq;
-        self.clients.sweep(head, self.opts.client_queue)
+        self.clients.sweep(head, self.opts.client_queue, self.opts.limits.idle_timeout)
     }
 
     /// Publish a heartbeat frame carrying the hub's statistics.
@@ -359,7 +364,7 @@ impl Hub {
                 _ = sweep.tick() => {
                     let n = self.sweep_slow();
                     if n > 0 {
-                        tracing::info!(clients = n, "disconnected clients that fell behind");
+                        tracing::info!(clients = n, "disconnected clients that fell behind or stopped reading");
                     }
                 }
                 _ = down.changed() => return,
@@ -381,6 +386,7 @@ pub(crate) mod tests {
             heartbeat: Duration::from_secs(15),
             retry_ms: 1000,
             max_clients: 10,
+            limits: Limits::default(),
         };
         Hub::new(opts, Arc::new(Metrics::new(&mut Registry::default())))
     }
@@ -469,7 +475,7 @@ pub(crate) mod tests {
         let h = hub(10, 2);
         h.start_partitions(&[(0, 0)]);
         let kill = Arc::new(Notify::new());
-        let g = h.admit(Some(kill.clone())).unwrap();
+        let g = h.admit(Some(kill.clone()), std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
         let sub = h.subscribe(None);
         g.slot.stalled_at(Some(sub.next_seq));
         for o in 0..5 {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::Gateway;
-use super::admission::ClientGuard;
+use super::admission::{ClientGuard, Refused};
 use super::cursor::{Cursor, MAX_ID_LEN};
 use super::delivery::{self, Decision, Filter, Route, Standing};
 use super::event::Event;
@@ -29,6 +29,10 @@ use super::recent::Recent;
 /// Set by the accept loop on every request: notified to close the connection of a client that fell behind.
 #[derive(Clone)]
 pub struct ConnKill(pub Arc<tokio::sync::Notify>);
+
+/// Set by the accept loop on every request: the connection's peer address.
+#[derive(Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// The extension on a `/stream` response that admitted a client: the client's stream, for the accept loop
 /// to hand to a writer shard. (A response extension must be `Clone`; the `Conn` is taken once.)
@@ -70,6 +74,7 @@ pub async fn stream(
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
     kill: Option<axum::Extension<ConnKill>>,
+    peer: Option<axum::Extension<Peer>>,
 ) -> Response {
     // Auth first: an unauthenticated client learns nothing, not even whether its filters parse.
     let mut allowed: Option<HashSet<Box<str>>> = None;
@@ -114,8 +119,22 @@ pub async fn stream(
     };
     let filter = Filter { symbols, kinds };
 
-    let Some(guard) = gw.hub.admit(kill.map(|k| k.0.0.clone())) else {
-        return refuse(&gw, StatusCode::SERVICE_UNAVAILABLE, "max_clients", "too many clients, retry later\n");
+    let peer = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0.0.ip());
+    let forwarded = headers.get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
+    let address = gw.hub.opts.limits.client_address(peer, forwarded);
+    let guard = match gw.hub.admit(kill.map(|k| k.0.0.clone()), address) {
+        Ok(guard) => guard,
+        Err(Refused::MaxClients) => {
+            return refuse(&gw, StatusCode::SERVICE_UNAVAILABLE, "max_clients", "too many clients, retry later\n");
+        }
+        Err(Refused::PerAddress) => {
+            return refuse(
+                &gw,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "per_address",
+                "too many clients from this address, retry later\n",
+            );
+        }
     };
 
     // A header that is not text is an unreadable id too (a reset), not a fresh start.
