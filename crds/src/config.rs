@@ -192,9 +192,10 @@ pub struct GatewayConfig {
     pub limits: GatewayLimits,
 }
 
-/// Connection limits of the gateway (`spec.gateway.limits`, durations in milliseconds).
+/// Connection limits of the gateway (`spec.gateway.limits`, durations in milliseconds); a field left out
+/// takes the CRD's default.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct GatewayLimits {
     /// Concurrent stream clients per client address.
     pub max_clients_per_address: u32,

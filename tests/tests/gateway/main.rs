@@ -2,6 +2,7 @@
 
 mod harness;
 mod hostile;
+mod limits;
 mod page;
 
 use std::collections::{BTreeSet, HashMap};

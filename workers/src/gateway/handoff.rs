@@ -59,7 +59,9 @@ pub async fn read_first(stream: &mut TcpStream, max_head: usize, timeout: Durati
     }
 }
 
-/// Answer a request head over the cap with 431 and close.
+/// Answer a request head over the cap with 431 and close. What the client is still sending is read and
+/// dropped for a moment first (a lingering close): closing with unread bytes would reset the connection,
+/// and the client could lose the answer.
 pub async fn refuse_head(mut stream: TcpStream) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
         stream
@@ -67,10 +69,22 @@ pub async fn refuse_head(mut stream: TcpStream) {
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             )
             .await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }
+
+/// At most this much is read and dropped after a 431.
+const LINGER_BYTES: usize = 1 << 20;
 
 /// The request as the router takes it, when it is `GET /stream` (with any query).
 fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
