@@ -18,6 +18,9 @@ pub const MAX_SYMBOLS_LEN: usize = 4096;
 /// The longest `types` value: each kind named a few times over is still far below it.
 pub const MAX_TYPES_LEN: usize = 64;
 
+/// How much of a refused item its 400 echoes: the message stays short whatever was sent.
+pub const ECHO_CHARS: usize = 16;
+
 /// A parameter outside its limits; its `Display` is the body of the 400.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParamError {
@@ -25,7 +28,7 @@ pub enum ParamError {
     TooLong { param: &'static str, max: usize },
     /// The value lists more than `max` items.
     TooMany { param: &'static str, max: usize },
-    /// An item is not one the parameter accepts (`value` is the item, at most [`MAX_TYPES_LEN`] bytes).
+    /// An item is not one the parameter accepts (`value`: its first [`ECHO_CHARS`] characters).
     Invalid { param: &'static str, value: String, expected: &'static str },
 }
 
@@ -65,7 +68,7 @@ pub fn symbols(raw: &str) -> Result<HashSet<Box<str>>, ParamError> {
         if s.len() > MAX_SYMBOL_LEN || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(ParamError::Invalid {
                 param: P,
-                value: s.chars().take(MAX_SYMBOL_LEN + 1).collect(),
+                value: s.chars().take(ECHO_CHARS).collect(),
                 expected: "a ticker of 1-15 letters and digits",
             });
         }
@@ -86,7 +89,11 @@ pub fn kinds(raw: Option<&str>) -> Result<u8, ParamError> {
     }
     split_list(raw).try_fold(0, |kinds, k| match Kind::parse(k) {
         Some(k) => Ok(kinds | k as u8),
-        None => Err(ParamError::Invalid { param: P, value: k.to_owned(), expected: "one of tick, trade, alert" }),
+        None => Err(ParamError::Invalid {
+            param: P,
+            value: k.chars().take(ECHO_CHARS).collect(),
+            expected: "one of tick, trade, alert",
+        }),
     })
 }
 
@@ -122,5 +129,8 @@ mod tests {
             "types: \"bogus\" is not one of tick, trade, alert"
         );
         assert_eq!(kinds(Some(&"tick,".repeat(20))), Err(ParamError::TooLong { param: "types", max: 64 }));
+        // Found by the stream_params fuzz target: control characters escape to several bytes each.
+        let e = kinds(Some(&"\u{12}".repeat(60))).unwrap_err().to_string();
+        assert!(e.len() <= 256, "{e}");
     }
 }
