@@ -187,6 +187,39 @@ pub struct GatewayConfig {
     /// Environment variable holding the JWT key, when auth is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_key_env: Option<String>,
+    /// Connection limits (`spec.gateway.limits`).
+    #[serde(default)]
+    pub limits: GatewayLimits,
+}
+
+/// Connection limits of the gateway (`spec.gateway.limits`, durations in milliseconds); a field left out
+/// takes the CRD's default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GatewayLimits {
+    /// Concurrent stream clients per client address.
+    pub max_clients_per_address: u32,
+    /// CIDRs of proxies believed about `X-Forwarded-For`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// Time to send the request head.
+    pub header_timeout_ms: u64,
+    /// Time a connection may make no progress.
+    pub idle_timeout_ms: u64,
+    /// Largest request head.
+    pub max_request_head_bytes: u32,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        GatewayLimits {
+            max_clients_per_address: 100,
+            trusted_proxies: Vec::new(),
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_request_head_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// Alert knobs.
@@ -278,6 +311,16 @@ impl WorkerConfig {
                 replay_buffer: spec.gateway.replay_buffer,
                 cors_origins: spec.gateway.cors_origins.clone(),
                 jwt_key_env: spec.gateway.auth_secret_ref.as_ref().map(|_| GATEWAY_JWT_KEY_ENV.into()),
+                limits: {
+                    let l = &spec.gateway.limits;
+                    GatewayLimits {
+                        max_clients_per_address: l.max_clients_per_address,
+                        trusted_proxies: l.trusted_proxies.clone(),
+                        header_timeout_ms: ms("spec.gateway.limits.headerTimeout", &l.header_timeout)?,
+                        idle_timeout_ms: ms("spec.gateway.limits.idleTimeout", &l.idle_timeout)?,
+                        max_request_head_bytes: l.max_request_head_bytes,
+                    }
+                },
             },
             alerts: AlertsConfig {
                 enabled: spec.alerts.enabled,

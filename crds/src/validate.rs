@@ -139,6 +139,19 @@ pub fn validate(p: &CryptoPipeline) -> Vec<FieldError> {
     v.range("spec.gateway.replayBuffer", s.gateway.replay_buffer.into(), 0, 1_000_000);
     v.secret_ref("spec.gateway.authSecretRef", s.gateway.auth_secret_ref.as_ref());
     v.range("spec.gateway.service.port", s.gateway.service.port.into(), 1, 65_535);
+    let l = &s.gateway.limits;
+    v.range("spec.gateway.limits.maxClientsPerAddress", l.max_clients_per_address.into(), 1, 1_000_000);
+    v.len("spec.gateway.limits.trustedProxies", l.trusted_proxies.len(), 0, 64);
+    for (i, c) in l.trusted_proxies.iter().enumerate() {
+        let path = format!("spec.gateway.limits.trustedProxies[{i}]");
+        v.len(&path, c.len(), 1, 43);
+        if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
+            v.push(&path, format!("{c:?} is not a CIDR (10.0.0.0/8) or an address"));
+        }
+    }
+    v.duration("spec.gateway.limits.headerTimeout", &l.header_timeout);
+    v.duration("spec.gateway.limits.idleTimeout", &l.idle_timeout);
+    v.range("spec.gateway.limits.maxRequestHeadBytes", l.max_request_head_bytes.into(), 1024, 1_048_576);
     let t = s.alerts.threshold_percent;
     if !(t > 0.0 && t <= 100.0) {
         v.push("spec.alerts.thresholdPercent", format!("thresholdPercent must be in (0, 100], got {t}"));
@@ -341,6 +354,12 @@ const COVERED: &[&str] = &[
     "spec.gateway.authSecretRef.key:length",
     "spec.gateway.authSecretRef.name:length",
     "spec.gateway.heartbeatInterval:pattern",
+    "spec.gateway.limits.headerTimeout:pattern",
+    "spec.gateway.limits.idleTimeout:pattern",
+    "spec.gateway.limits.maxClientsPerAddress:range",
+    "spec.gateway.limits.maxRequestHeadBytes:range",
+    "spec.gateway.limits.trustedProxies:length",
+    "spec.gateway.limits.trustedProxies[]:length",
     "spec.gateway.image:length",
     "spec.gateway.maxClients:range",
     "spec.gateway.replayBuffer:range",

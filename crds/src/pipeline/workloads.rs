@@ -114,6 +114,68 @@ pub struct GatewaySpec {
     /// The gateway's Service.
     #[serde(default)]
     pub service: GatewayServiceSpec,
+    /// Connection limits every client meets, whatever it sends.
+    #[serde(default)]
+    pub limits: GatewayLimitsSpec,
+}
+
+/// Connection limits of the gateway, enforced on every connection and every path (`/stream` included).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayLimitsSpec {
+    /// Concurrent `/stream` clients per client address and pod; more from one address are answered 503 with
+    /// `Retry-After`. The address is the connection's peer, or the `X-Forwarded-For` client when the peer is
+    /// one of `trustedProxies`.
+    #[serde(default = "default_max_clients_per_address")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_clients_per_address: u32,
+    /// CIDRs (`10.0.0.0/8`, `fd00::/8`, or one address) of the proxies and load balancers in front of the
+    /// gateway. Only a peer in one of them is believed about `X-Forwarded-For`: the client is the rightmost
+    /// address in it that is not itself a trusted proxy. Empty: the header is ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 43)))]
+    pub trusted_proxies: Vec<String>,
+    /// How long a client has to send its whole request head once connected, e.g. `10s`; then the connection
+    /// is closed without an answer.
+    #[serde(default = "default_header_timeout")]
+    #[schemars(regex(pattern = r"^0*[1-9][0-9]*(ms|s|m|h|d|w)([0-9]+(ms|s|m|h|d|w))*$"))]
+    pub header_timeout: String,
+    /// How long a connection may make no progress, e.g. `30s`: a `/stream` client whose socket stays full
+    /// (it reads nothing) is disconnected after this long even when no events flow, and any other response
+    /// not taken by then is abandoned. (A stream client is also disconnected as soon as it falls 1024 events
+    /// behind.)
+    #[serde(default = "default_idle_timeout")]
+    #[schemars(regex(pattern = r"^0*[1-9][0-9]*(ms|s|m|h|d|w)([0-9]+(ms|s|m|h|d|w))*$"))]
+    pub idle_timeout: String,
+    /// Largest request head (request line and headers) in bytes; a larger one is answered 431.
+    #[serde(default = "default_max_request_head_bytes")]
+    #[schemars(range(min = 1024, max = 1048576))]
+    pub max_request_head_bytes: u32,
+}
+
+impl Default for GatewayLimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_clients_per_address: default_max_clients_per_address(),
+            trusted_proxies: Vec::new(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_request_head_bytes: default_max_request_head_bytes(),
+        }
+    }
+}
+
+fn default_max_clients_per_address() -> u32 {
+    100
+}
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "30s".into()
+}
+fn default_max_request_head_bytes() -> u32 {
+    16 * 1024
 }
 
 impl Default for GatewaySpec {
@@ -127,6 +189,7 @@ impl Default for GatewaySpec {
             cors_origins: Vec::new(),
             auth_secret_ref: None,
             service: GatewayServiceSpec::default(),
+            limits: GatewayLimitsSpec::default(),
         }
     }
 }

@@ -108,11 +108,20 @@ pub struct Opts {
     pub jwt_key: Option<String>,
     /// `CRYPTOVIZ_GATEWAY_CLIENT_QUEUE`.
     pub client_queue: Option<u64>,
+    /// `gateway.limits`, as a YAML flow mapping (`{maxClientsPerAddress: 2}`); the defaults when absent.
+    pub limits: Option<&'static str>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { replay_buffer: 1000, max_clients: 100, heartbeat_ms: 1000, jwt_key: None, client_queue: None }
+        Opts {
+            replay_buffer: 1000,
+            max_clients: 100,
+            heartbeat_ms: 1000,
+            jwt_key: None,
+            client_queue: None,
+            limits: None,
+        }
     }
 }
 
@@ -138,6 +147,7 @@ impl Gateway {
         let dir = std::env::temp_dir().join(unique("gateway-test"));
         std::fs::create_dir_all(&dir).unwrap();
         let jwt = if opts.jwt_key.is_some() { ", jwtKeyEnv: TEST_GATEWAY_JWT_KEY" } else { "" };
+        let limits = opts.limits.map(|l| format!(", limits: {l}")).unwrap_or_default();
         let config = format!(
             "pipeline: {{namespace: test, name: gateway}}\n\
              symbols: [BTC, ETH, SOL]\n\
@@ -146,7 +156,7 @@ impl Gateway {
              kafka: {{bootstrapServers: '{bootstrap}', rawTopic: unused.raw, streamTopic: '{topic}', dlqTopic: unused.dlq}}\n\
              scraper: {{suppressUnchangedTicks: false}}\n\
              consumer: {{groupId: unused, batchSize: 100, flushIntervalMs: 1000}}\n\
-             gateway: {{heartbeatIntervalMs: {hb}, maxClients: {max}, replayBuffer: {replay}{jwt}}}\n\
+             gateway: {{heartbeatIntervalMs: {hb}, maxClients: {max}, replayBuffer: {replay}{jwt}{limits}}}\n\
              alerts: {{enabled: false, thresholdPercent: 1.0, windowMs: 60000}}\n",
             bootstrap = TestEnv::get().kafka_bootstrap(),
             topic = topic.name,
@@ -379,6 +389,31 @@ impl Client {
         })
         .await
         .expect("an event within the timeout")
+    }
+
+    /// The body as it arrives for `d` (or until it ends, if sooner), raw: what a client pays for in bytes.
+    pub async fn raw_for(&mut self, d: Duration) -> String {
+        let mut raw = std::mem::take(&mut self.buf);
+        let _ = tokio::time::timeout(d, async {
+            while let Some(more) = self.read_some().await {
+                raw.push_str(&more);
+            }
+        })
+        .await;
+        raw
+    }
+
+    /// The whole body of a response that is not a stream, within [`EVENT_TIMEOUT`].
+    pub async fn body(&mut self) -> String {
+        tokio::time::timeout(EVENT_TIMEOUT, async {
+            let mut b = std::mem::take(&mut self.buf);
+            while let Some(more) = self.read_some().await {
+                b.push_str(&more);
+            }
+            b
+        })
+        .await
+        .expect("the body ends within the timeout")
     }
 
     /// Read until the stream ends, within [`EVENT_TIMEOUT`]; the events seen on the way.

@@ -1,6 +1,8 @@
 //! The SSE gateway against real Kafka: the `cryptoviz-worker gateway` binary on a topic of its own per test.
 
 mod harness;
+mod hostile;
+mod limits;
 mod page;
 
 use std::collections::{BTreeSet, HashMap};

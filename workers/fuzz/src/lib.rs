@@ -6,6 +6,8 @@ use std::sync::{Arc, OnceLock};
 use chrono::Utc;
 use cryptoviz_crds::SourceKind;
 use cryptoviz_crds::config::{SourceConfig, WorkerConfig};
+use cryptoviz_workers::gateway::cursor::{Cursor, MAX_ID_LEN};
+use cryptoviz_workers::gateway::params;
 use cryptoviz_workers::message::Message;
 use cryptoviz_workers::sources::{self, Source};
 
@@ -45,6 +47,40 @@ pub fn source_payload(kind: SourceKind, payload: &[u8]) {
 pub fn record(payload: &[u8]) {
     if let Ok(m) = Message::from_json(payload) {
         round_trips(&m);
+    }
+}
+
+/// Feed one `/stream` request's client-controlled values to the gateway's parameter parsing: the first byte
+/// is the topic's partition count, the rest `symbols`, `types` and the resume id separated by `&`. Whatever
+/// is accepted stays within the documented bounds.
+pub fn stream_params(input: &[u8]) {
+    let Some((&partitions, rest)) = input.split_first() else { return };
+    let partitions = usize::from(partitions);
+    let text = String::from_utf8_lossy(rest);
+    let mut parts = text.splitn(3, '&');
+    let (symbols, types, id) = (parts.next(), parts.next(), parts.next());
+    if let Some(Ok(s)) = symbols.map(params::symbols) {
+        assert!(s.len() <= params::MAX_SYMBOLS, "{} symbols accepted", s.len());
+        for sym in &s {
+            assert!(!sym.is_empty() && sym.len() <= params::MAX_SYMBOL_LEN, "{sym:?}");
+            assert!(sym.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()), "{sym:?}");
+        }
+    } else if let Some(Err(e)) = symbols.map(params::symbols) {
+        assert!(e.to_string().starts_with("symbols: ") && e.to_string().len() <= 256, "{e}");
+    }
+    if let Err(e) = params::kinds(types) {
+        assert!(e.to_string().starts_with("types: "), "{e}");
+        // At most 16 echoed characters, each escaped to at most 10 (`\u{10ffff}`).
+        assert!(e.to_string().len() <= 256, "a short message: {e}");
+    }
+    if let Some(Ok(c)) = id.map(|id| Cursor::parse(id, partitions)) {
+        assert!(id.is_some_and(|id| id.len() <= MAX_ID_LEN));
+        assert_eq!(c.0.len(), partitions, "a cursor names the topic's partitions only");
+        assert!(c.0.iter().all(|&o| o >= -1));
+        let rendered = c.to_string();
+        if rendered.len() <= MAX_ID_LEN {
+            assert_eq!(Cursor::parse(&rendered, partitions), Ok(c.clone()), "ids round-trip: {rendered}");
+        }
     }
 }
 

@@ -108,6 +108,13 @@ pub fn slow(stalled: Option<u64>, head: u64, bound: u64) -> bool {
     stalled.is_some_and(|pos| head.saturating_sub(pos) > bound)
 }
 
+/// True when a client whose socket has been full since `since` (`None`: not full) has been so for longer
+/// than `idle` at `now` (all milliseconds on one clock): it reads nothing, and the sweep drops it even when
+/// no events flow and it is behind by nothing.
+pub fn stalled(since: Option<u64>, now: u64, idle: u64) -> bool {
+    since.is_some_and(|t| now.saturating_sub(t) > idle)
+}
+
 /// What a non-blocking write of `total` bytes came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -153,6 +160,15 @@ mod tests {
     use crate::gateway::payload::Kind;
     use bytes::Bytes;
 
+    /// The cursor an id names, as long as its highest partition (ids of three partitions at most).
+    fn cursor_of(id: &str) -> Cursor {
+        let mut c = Cursor::parse(id, 3).unwrap();
+        while c.0.last() == Some(&-1) {
+            c.0.pop();
+        }
+        c
+    }
+
     fn ev(partition: usize, offset: i64, cursor: &str, symbol: &str, kind: Kind) -> Event {
         Event {
             seq: 0,
@@ -161,7 +177,7 @@ mod tests {
             symbol: symbol.into(),
             kind,
             time_ms: 0,
-            cursor: Cursor::parse(cursor).unwrap(),
+            cursor: cursor_of(cursor),
             frame: Bytes::new(),
             body_start: 0,
         }
@@ -253,7 +269,7 @@ mod tests {
             ),
         ];
         for (situation, filter, floor, ev, want) in cases {
-            let floor = floor.map(|f| Cursor::parse(f).unwrap());
+            let floor = floor.map(cursor_of);
             assert_eq!(&decide(filter, floor.as_ref(), ev), want, "{situation}");
         }
     }
@@ -299,6 +315,16 @@ mod tests {
         ];
         for (situation, stalled, head, bound, want) in sweeps {
             assert_eq!(slow(*stalled, *head, *bound), *want, "{situation}");
+        }
+        // (situation, full since, now, idle timeout, stalled)
+        let idles: &[(&str, Option<u64>, u64, u64, bool)] = &[
+            ("draining: never stalled", None, 1_000_000, 10, false),
+            ("full, within the timeout", Some(100), 110, 10, false),
+            ("full, past the timeout", Some(100), 111, 10, true),
+            ("full since later than now (clock read before)", Some(200), 100, 10, false),
+        ];
+        for (situation, since, now, idle, want) in idles {
+            assert_eq!(stalled(*since, *now, *idle), *want, "{situation}");
         }
     }
 

@@ -13,14 +13,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A request head larger than this goes to hyper, which refuses it.
-const MAX_HEAD: usize = 16 * 1024;
-
 /// Headers parsed at most (hyper's own default).
 const MAX_HEADERS: usize = 100;
-
-/// How long a client gets to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an error response gets to be written.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,31 +25,66 @@ pub enum First {
     Stream(Box<Request<Body>>),
     /// Anything else (or a head we could not parse): these bytes belong to hyper.
     Other(Bytes),
+    /// A head longer than the cap: answered 431 ([`refuse_head`]).
+    TooLarge,
 }
 
-/// Read the first request head. `None` when the peer closed or went quiet before sending one.
-pub async fn read_first(stream: &mut TcpStream) -> Option<First> {
+/// Read the first request head, on every connection whatever its path: at most `max_head` bytes, all of it
+/// within `timeout` (a head sent a byte at a time is cut off, not waited for). `None` when the peer closed
+/// or the time ran out.
+pub async fn read_first(stream: &mut TcpStream, max_head: usize, timeout: Duration) -> Option<First> {
     let mut buf = BytesMut::with_capacity(1024);
     let read = async {
         loop {
+            buf.reserve(1024);
             if stream.read_buf(&mut buf).await.ok()? == 0 {
                 return None;
             }
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-                Ok(httparse::Status::Complete(_)) => return Some(stream_request(&req)),
-                _ => return Some(None),
+                Ok(httparse::Status::Partial) if buf.len() <= max_head => continue,
+                Ok(httparse::Status::Partial) => return Some(Err(())),
+                Ok(httparse::Status::Complete(n)) if n > max_head => return Some(Err(())),
+                Ok(httparse::Status::Complete(_)) => return Some(Ok(stream_request(&req))),
+                Err(_) => return Some(Ok(None)),
             }
         }
     };
-    match tokio::time::timeout(HEAD_TIMEOUT, read).await.ok()? {
+    match tokio::time::timeout(timeout, read).await.ok()? {
         None => None,
-        Some(Some(req)) => Some(First::Stream(Box::new(req))),
-        Some(None) => Some(First::Other(buf.freeze())),
+        Some(Err(())) => Some(First::TooLarge),
+        Some(Ok(Some(req))) => Some(First::Stream(Box::new(req))),
+        Some(Ok(None)) => Some(First::Other(buf.freeze())),
     }
 }
+
+/// Answer a request head over the cap with 431 and close. What the client is still sending is read and
+/// dropped for a moment first (a lingering close): closing with unread bytes would reset the connection,
+/// and the client could lose the answer.
+pub async fn refuse_head(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream
+            .write_all(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// At most this much is read and dropped after a 431.
+const LINGER_BYTES: usize = 1 << 20;
 
 /// The request as the router takes it, when it is `GET /stream` (with any query).
 fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<Body>> {

@@ -16,10 +16,11 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, watch};
 
-use super::admission::{ClientGuard, Clients};
+use super::admission::{ClientGuard, Clients, Refused};
 use super::cursor::Cursor;
 use super::delivery;
 use super::event::{self, Event};
+use super::limits::Limits;
 use super::metrics::Metrics;
 use super::payload;
 use super::stats::Stats;
@@ -39,6 +40,8 @@ pub struct HubOptions {
     pub retry_ms: u64,
     /// Concurrent clients at most.
     pub max_clients: u32,
+    /// Connection limits (per address, timeouts, request head).
+    pub limits: Limits,
 }
 
 impl HubOptions {
@@ -101,8 +104,9 @@ pub struct Subscription {
     pub current: Cursor,
     /// Latest price of each symbol (data objects), filtered by the caller.
     pub latest: Vec<(Box<str>, Bytes)>,
-    /// True when the requested resume point is older than the buffer (or unreadable).
-    pub gap: bool,
+    /// Why the requested resume point cannot be resumed from, the `reason` of the `reset` the client is sent:
+    /// `gap` (older than the buffer), `invalid_id` (unreadable or too long) or `unknown_partition`.
+    pub reset: Option<&'static str>,
 }
 
 impl Hub {
@@ -123,7 +127,7 @@ impl Hub {
             heartbeat_gen: AtomicU64::new(0),
             down: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
-            clients: Clients::new(opts.max_clients, metrics.clone()),
+            clients: Clients::new(opts.max_clients, opts.limits.max_per_address, metrics.clone()),
             invalid: AtomicU64::new(0),
             metrics,
             opts,
@@ -236,24 +240,26 @@ impl Hub {
         }
     }
 
-    /// Register a client, or `None` when `max_clients` are already connected.
-    pub fn admit(&self, kill: Option<Arc<Notify>>) -> Option<ClientGuard> {
-        self.clients.admit(kill)
+    /// Register a client from `address`, unless `max_clients` are already connected or the per-address cap
+    /// is reached for it.
+    pub fn admit(&self, kill: Option<Arc<Notify>>, address: std::net::IpAddr) -> Result<ClientGuard, Refused> {
+        self.clients.admit(kill, address)
     }
 
-    /// Where a client starts: live, or after `resume` (`Some(None)`: an id we cannot read).
-    pub fn subscribe(&self, resume: Option<Option<Cursor>>) -> Subscription {
+    /// Where a client starts: live, or after the event id `resume`. The id is read against the partitions
+    /// the hub knows, so a resume point never has more entries than the topic has partitions.
+    pub fn subscribe(&self, resume: Option<&str>) -> Subscription {
         let st = self.state.read().expect("hub lock");
         let latest = st.latest.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let live = Subscription { next_seq: st.next_seq, floor: None, current: st.cursor.clone(), latest, gap: false };
-        match resume {
-            None => live,
-            Some(None) => Subscription { gap: true, ..live },
+        let live = Subscription { next_seq: st.next_seq, floor: None, current: st.cursor.clone(), latest, reset: None };
+        let Some(resume) = resume else { return live };
+        match Cursor::parse(resume, st.cursor.0.len()) {
+            Err(e) => Subscription { reset: Some(e.reason()), ..live },
             // Every partition must be covered: the client saw at least up to what we can no longer replay.
-            Some(Some(c)) if !(0..st.floor.0.len()).all(|p| c.get(p) >= st.floor.get(p)) => {
-                Subscription { gap: true, ..live }
+            Ok(c) if !(0..st.floor.0.len()).all(|p| c.get(p) >= st.floor.get(p)) => {
+                Subscription { reset: Some("gap"), ..live }
             }
-            Some(Some(c)) => {
+            Ok(c) => {
                 // Per partition the missed events are a suffix of the ring; start at the earliest.
                 let next_seq = st.ring.iter().find(|e| e.offset > c.get(e.partition)).map_or(st.next_seq, |e| e.seq);
                 Subscription { next_seq, floor: Some(c), ..live }
@@ -316,11 +322,12 @@ impl Hub {
         self.seq_tx.send_modify(|_| {});
     }
 
-    /// Disconnect every client further behind than its bound. A client whose socket is full is never
-    /// polled, so it cannot notice by itself; this closes its connection.
+    /// Disconnect every client further behind than its bound, or whose socket has stayed full for the idle
+    /// timeout. A client whose socket is full is never polled, so it cannot notice by itself; this closes
+    /// its connection.
     pub fn sweep_slow(&self) -> usize {
         let head = self.state.read().expect("hub lock").next_seq;
-        self.clients.sweep(head, self.opts.client_queue)
+        self.clients.sweep(head, self.opts.client_queue, self.opts.limits.idle_timeout)
     }
 
     /// Publish a heartbeat frame carrying the hub's statistics.
@@ -361,7 +368,7 @@ impl Hub {
                 _ = sweep.tick() => {
                     let n = self.sweep_slow();
                     if n > 0 {
-                        tracing::info!(clients = n, "disconnected clients that fell behind");
+                        tracing::info!(clients = n, "disconnected clients that fell behind or stopped reading");
                     }
                 }
                 _ = down.changed() => return,
@@ -383,6 +390,7 @@ pub(crate) mod tests {
             heartbeat: Duration::from_secs(15),
             retry_ms: 1000,
             max_clients: 10,
+            limits: Limits::default(),
         };
         Hub::new(opts, Arc::new(Metrics::new(&mut Registry::default())))
     }
@@ -426,8 +434,8 @@ pub(crate) mod tests {
             h.ingest(&rec(p, o, "BTC"));
         }
         // Seen p0 up to 1 and p1 up to 0: the first missed is p1:1 (seq 3), then p0:2 is missed too.
-        let sub = h.subscribe(Some(Cursor::parse("0:1,1:0")));
-        assert!(!sub.gap);
+        let sub = h.subscribe(Some("0:1,1:0"));
+        assert_eq!(sub.reset, None);
         assert_eq!(sub.next_seq, 3);
         let mut out = VecDeque::new();
         h.read(sub.next_seq, 10, &mut out).unwrap();
@@ -445,10 +453,25 @@ pub(crate) mod tests {
         for o in 0..10 {
             h.ingest(&rec(0, o, "BTC"));
         }
-        assert!(h.subscribe(Some(Cursor::parse("0:5"))).gap);
-        assert!(!h.subscribe(Some(Cursor::parse("0:6"))).gap);
-        assert!(h.subscribe(Some(None)).gap);
+        assert_eq!(h.subscribe(Some("0:5")).reset, Some("gap"));
+        assert_eq!(h.subscribe(Some("0:6")).reset, None);
+        assert_eq!(h.subscribe(Some("nope")).reset, Some("invalid_id"));
         assert_eq!(h.read(0, 10, &mut VecDeque::new()), Err(Lagged));
+    }
+
+    #[test]
+    fn an_id_naming_a_partition_the_topic_lacks_is_a_reset_and_never_widens_an_id() {
+        let h = hub(100, 100);
+        h.start_partitions(&[(0, 0), (1, 0)]);
+        h.ingest(&rec(0, 0, "BTC"));
+        assert_eq!(h.subscribe(Some("0:5,65535:0")).reset, Some("unknown_partition"));
+        let sub = h.subscribe(Some("0:0"));
+        assert_eq!((sub.reset, sub.floor.clone()), (None, Some(Cursor(vec![0, -1]))), "padded to the known partitions");
+        h.ingest(&rec(1, 0, "BTC"));
+        let mut out = VecDeque::new();
+        h.read(sub.next_seq, 10, &mut out).unwrap();
+        let ids: Vec<_> = out.iter().map(|e| e.cursor.max(sub.floor.as_ref().unwrap()).0.len()).collect();
+        assert_eq!(ids, vec![2], "every id the client is sent names the topic's partitions only");
     }
 
     #[test]
@@ -456,7 +479,7 @@ pub(crate) mod tests {
         let h = hub(10, 2);
         h.start_partitions(&[(0, 0)]);
         let kill = Arc::new(Notify::new());
-        let g = h.admit(Some(kill.clone())).unwrap();
+        let g = h.admit(Some(kill.clone()), std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
         let sub = h.subscribe(None);
         g.slot.stalled_at(Some(sub.next_seq));
         for o in 0..5 {

@@ -14,7 +14,8 @@ use prometheus_client::registry::Registry;
 /// Why a client was disconnected or refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
-    /// `slow`, `max_clients`, `unauthorized`, `forbidden`.
+    /// Dropped: `slow`, `stalled`. Refused: `max_clients`, `per_address`, `unauthorized`, `forbidden`,
+    /// `bad_request`.
     pub reason: &'static str,
 }
 
@@ -83,12 +84,12 @@ impl Metrics {
 
     /// Total dropped clients over every reason.
     pub fn dropped_total(&self) -> u64 {
-        ["slow"].iter().map(|r| self.clients_dropped.get_or_create(&Reason { reason: r }).get()).sum()
+        ["slow", "stalled"].iter().map(|r| self.clients_dropped.get_or_create(&Reason { reason: r }).get()).sum()
     }
 
     /// Total refused connections over every reason.
     pub fn rejected_total(&self) -> u64 {
-        ["max_clients", "unauthorized", "forbidden"]
+        ["max_clients", "per_address", "unauthorized", "forbidden", "bad_request"]
             .iter()
             .map(|r| self.rejected.get_or_create(&Reason { reason: r }).get())
             .sum()

@@ -6,7 +6,8 @@
 //! - [`delivery`]: what each client is sent of each event, and when it is dropped, as pure functions.
 //! - [`kafka`]: the Kafka tail — every replica reads every partition (`assign`, no consumer group).
 //! - [`sse`]: `GET /stream` admission and each client's frames; [`payload`]: what clients receive;
-//!   [`auth`]: optional HS256 JWTs.
+//!   [`auth`]: optional HS256 JWTs; [`params`]: the bounded filter parameters; [`limits`]: connection
+//!   limits and who a client is (its peer, or what a trusted proxy forwards).
 //! - [`handoff`] and [`fanout`]: stream connections are taken off the HTTP server and written by one
 //!   shard per core, so an event costs one `writev` per client and nothing else; [`recent`]: a shard's
 //!   copy of the newest events.
@@ -24,7 +25,9 @@ pub mod fanout;
 pub mod handoff;
 pub mod hub;
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
+pub mod params;
 pub mod payload;
 pub mod recent;
 pub mod sse;
@@ -104,6 +107,7 @@ pub fn hub_options(cfg: &WorkerConfig) -> anyhow::Result<HubOptions> {
         heartbeat: Duration::from_millis(cfg.gateway.heartbeat_interval_ms.max(100)),
         retry_ms: 1000,
         max_clients: cfg.gateway.max_clients,
+        limits: limits::Limits::from_config(&cfg.gateway.limits)?,
     })
 }
 
@@ -154,8 +158,9 @@ pub async fn serve(
     // Each connection holds a sender; `recv` returns `None` once all of them are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let fanout = fanout::Fanout::start(hub.clone())?;
+    let limits = hub.opts.limits.clone();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -175,16 +180,19 @@ pub async fn serve(
         let mut drain = drain_rx.clone();
         let done = done_tx.clone();
         let fanout = fanout.clone();
+        let (max_head, header_timeout, idle_timeout) = (limits.max_head, limits.header_timeout, limits.idle_timeout);
         tokio::spawn(async move {
             let _done = done;
             let mut stream = stream;
             let kill = Arc::new(Notify::new());
             let conn_kill = sse::ConnKill(kill.clone());
-            let pre = match handoff::read_first(&mut stream).await {
+            let pre = match handoff::read_first(&mut stream, max_head, header_timeout).await {
                 None => return,
+                Some(handoff::First::TooLarge) => return handoff::refuse_head(stream).await,
                 Some(handoff::First::Other(pre)) => pre,
                 Some(handoff::First::Stream(mut req)) => {
                     req.extensions_mut().insert(conn_kill);
+                    req.extensions_mut().insert(sse::Peer(peer));
                     let Ok(resp) = app.clone().call(*req).await;
                     let conn = resp.extensions().get::<sse::Handoff>().and_then(|h| h.0.lock().ok()?.take());
                     match conn {
@@ -196,16 +204,20 @@ pub async fn serve(
             };
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(conn_kill.clone());
+                req.extensions_mut().insert(sse::Peer(peer));
                 app.clone().call(req)
             });
             // One request per connection: a `/stream` request must be the first on its connection to be
             // handed over, and the other routes are cheap to reconnect to.
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
+                .max_buf_size(max_head.max(8192))
                 .serve_connection(TokioIo::new(handoff::Rewind::new(pre, stream)), svc);
             let mut conn = std::pin::pin!(conn);
+            // The head is in; a response not taken within the idle timeout is abandoned.
             tokio::select! {
                 _ = conn.as_mut() => return,
+                _ = tokio::time::sleep(idle_timeout) => return,
                 _ = kill.notified() => return,
                 _ = drain.wait_for(|d| *d) => conn.as_mut().graceful_shutdown(),
             }

@@ -16,18 +16,23 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::Gateway;
-use super::admission::ClientGuard;
-use super::cursor::Cursor;
+use super::admission::{ClientGuard, Refused};
+use super::cursor::{Cursor, MAX_ID_LEN};
 use super::delivery::{self, Decision, Filter, Route, Standing};
 use super::event::Event;
 use super::hub::Hub;
 use super::metrics::Tally;
+use super::params;
 use super::payload::Kind;
 use super::recent::Recent;
 
 /// Set by the accept loop on every request: notified to close the connection of a client that fell behind.
 #[derive(Clone)]
 pub struct ConnKill(pub Arc<tokio::sync::Notify>);
+
+/// Set by the accept loop on every request: the connection's peer address.
+#[derive(Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// The extension on a `/stream` response that admitted a client: the client's stream, for the accept loop
 /// to hand to a writer shard. (A response extension must be `Clone`; the `Conn` is taken once.)
@@ -63,16 +68,13 @@ fn refuse(gw: &Gateway, status: StatusCode, reason: &'static str, msg: &str) -> 
     r
 }
 
-fn split_list(s: &str) -> impl Iterator<Item = &str> {
-    s.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
 /// The `/stream` handler.
 pub async fn stream(
     State(gw): State<Arc<Gateway>>,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
     kill: Option<axum::Extension<ConnKill>>,
+    peer: Option<axum::Extension<Peer>>,
 ) -> Response {
     // Auth first: an unauthenticated client learns nothing, not even whether its filters parse.
     let mut allowed: Option<HashSet<Box<str>>> = None;
@@ -95,21 +97,15 @@ pub async fn stream(
         }
     }
 
-    let mut kinds = 0u8;
-    match &q.types {
-        None => kinds = Kind::Tick as u8 | Kind::Trade as u8 | Kind::Alert as u8,
-        Some(t) => {
-            for k in split_list(t) {
-                let Some(k) = Kind::parse(k) else {
-                    return (StatusCode::BAD_REQUEST, format!("unknown type {k:?}: use tick, trade, alert\n"))
-                        .into_response();
-                };
-                kinds |= k as u8;
-            }
+    let (kinds, requested) = match params::kinds(q.types.as_deref())
+        .and_then(|k| Ok((k, q.symbols.as_deref().map(params::symbols).transpose()?)))
+    {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            gw.hub.metrics.reject("bad_request");
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
-    }
-    let requested: Option<HashSet<Box<str>>> =
-        q.symbols.as_deref().map(|s| split_list(s).map(|s| s.to_uppercase().into()).collect());
+    };
     let symbols = match (requested, allowed) {
         (None, a) => a,
         (Some(r), None) => Some(r),
@@ -123,29 +119,44 @@ pub async fn stream(
     };
     let filter = Filter { symbols, kinds };
 
-    let Some(guard) = gw.hub.admit(kill.map(|k| k.0.0.clone())) else {
-        return refuse(&gw, StatusCode::SERVICE_UNAVAILABLE, "max_clients", "too many clients, retry later\n");
+    let peer = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0.0.ip());
+    let forwarded = headers.get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
+    let address = gw.hub.opts.limits.client_address(peer, forwarded);
+    let guard = match gw.hub.admit(kill.map(|k| k.0.0.clone()), address) {
+        Ok(guard) => guard,
+        Err(Refused::MaxClients) => {
+            return refuse(&gw, StatusCode::SERVICE_UNAVAILABLE, "max_clients", "too many clients, retry later\n");
+        }
+        Err(Refused::PerAddress) => {
+            return refuse(
+                &gw,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "per_address",
+                "too many clients from this address, retry later\n",
+            );
+        }
     };
 
+    // A header that is not text is an unreadable id too (a reset), not a fresh start.
     let last_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .or(q.last_event_id)
         .filter(|s| !s.trim().is_empty());
     let hub = gw.hub.clone();
-    let sub = hub.subscribe(last_id.as_deref().map(Cursor::parse));
+    let sub = hub.subscribe(last_id.as_deref());
 
     let retry = hub.opts.retry_ms;
     let mut greeting = VecDeque::new();
     let mut head = format!("retry: {retry}\n");
-    if sub.gap {
-        // The id moves the client's position to now, so the browser's next reconnect resumes from here.
+    if let Some(reason) = sub.reset {
+        // The id moves the client's position to now, so the browser's next reconnect resumes from here. The
+        // client's id is echoed only when it is within the bound: the reset never grows with what was sent.
+        let echo = last_id.filter(|id| id.len() <= MAX_ID_LEN);
         head.push_str(&format!(
-            "id: {}\ndata: {{\"type\":\"reset\",\"data\":{{\"reason\":\"{}\",\"last_event_id\":{}}}}}\n\n",
+            "id: {}\ndata: {{\"type\":\"reset\",\"data\":{{\"reason\":\"{reason}\",\"last_event_id\":{}}}}}\n\n",
             sub.current,
-            if last_id.as_deref().and_then(Cursor::parse).is_some() { "gap" } else { "invalid_id" },
-            serde_json::to_string(&last_id).expect("strings serialise"),
+            serde_json::to_string(&echo).expect("strings serialise"),
         ));
     }
     let prices: Vec<&[u8]> = sub
@@ -156,7 +167,7 @@ pub async fn stream(
         .collect();
     // A fresh client gets the current id on the welcome; a resuming one keeps its own until it is sent newer
     // events, so ids never go backwards.
-    if sub.floor.is_none() && !sub.gap && !sub.current.0.is_empty() {
+    if sub.floor.is_none() && sub.reset.is_none() && !sub.current.0.is_empty() {
         head.push_str(&format!("id: {}\n", sub.current));
     }
     head.push_str(&format!(
