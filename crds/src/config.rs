@@ -377,7 +377,7 @@ mod tests {
         let yaml = c.to_yaml();
         assert!(yaml.contains("CRYPTOVIZ_COINMARKETCAP_API_KEY"));
         assert_eq!(c.kafka.ca_file.as_deref(), Some(std::path::Path::new("/etc/cryptoviz/kafka-ca/ca.crt")));
-        assert_eq!(c.storage.unwrap().schema, "cv_btc_live");
+        assert_eq!(c.storage.unwrap().schema, "cv_markets_btc_live");
         let props = c.kafka.client_properties(|k| Some(format!("<{k}>")));
         assert!(props.contains(&("security.protocol".into(), "sasl_ssl".into())));
         assert!(props.contains(&("sasl.mechanism".into(), "SCRAM-SHA-512".into())));

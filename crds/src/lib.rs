@@ -14,6 +14,9 @@ use kube::ResourceExt;
 
 /// Annotation that pauses reconciliation of one pipeline, like `spec.paused`.
 pub const PAUSE_ANNOTATION: &str = "cryptoviz.io/pause-reconciliation";
+/// Annotation (`"true"`) that makes deletion skip every clean-up, whatever the deletion policies say: no
+/// worker is stopped early, no topic deleted, no schema dropped; the finalizer is released at once.
+pub const SKIP_CLEANUP_ANNOTATION: &str = "cryptoviz.io/skip-cleanup";
 /// Label carrying the owning pipeline's name on every child object.
 pub const PIPELINE_LABEL: &str = "cryptoviz.io/pipeline";
 
@@ -65,15 +68,30 @@ impl CryptoPipeline {
         })
     }
 
-    /// The database schema for this pipeline's tables: the override, or `cv_` and the name with `-` as `_` (63 bytes at most).
+    /// The database schema for this pipeline's tables: `spec.timescale.schema` when set; otherwise the schema
+    /// `status.schema` records when that is the legacy default `cv_<name>` (pipelines created before schema
+    /// names included the namespace keep their schema and data); otherwise `cv_<namespace>_<name>`, with `-`
+    /// and `.` as `_`, cut to PostgreSQL's 63 bytes. Two pipelines that still end on one schema (an override,
+    /// or names that differ only in `-`/`_` or past the cut) are told apart by the schema's owner mark: the
+    /// second gets `StorageReady=False SchemaConflict`.
     pub fn schema_name(&self) -> String {
-        self.spec.timescale.as_ref().and_then(|t| t.schema.clone()).unwrap_or_else(|| {
-            // PostgreSQL identifiers are at most 63 bytes; pipeline names may be longer.
-            let mut s = format!("cv_{}", self.name_any().replace(['-', '.'], "_"));
-            s.truncate(63);
-            s
-        })
+        if let Some(s) = self.spec.timescale.as_ref().and_then(|t| t.schema.clone()) {
+            return s;
+        }
+        let legacy = schema_identifier(&format!("cv_{}", self.name_any()));
+        if self.status.as_ref().and_then(|s| s.schema.as_deref()) == Some(legacy.as_str()) {
+            return legacy;
+        }
+        schema_identifier(&format!("cv_{}_{}", self.namespace().unwrap_or_else(|| "default".into()), self.name_any()))
     }
+}
+
+/// A default schema name as an identifier: `-` and `.` as `_`, at most 63 bytes (PostgreSQL's limit; names are
+/// ASCII, so the cut never splits a character).
+fn schema_identifier(s: &str) -> String {
+    let mut s = s.replace(['-', '.'], "_");
+    s.truncate(63);
+    s
 }
 
 /// The CRD as the YAML committed in `crds/cryptopipeline.yaml` (and the Helm chart's `crds/`).

@@ -106,6 +106,8 @@ string_enum! {
         PermissionDenied = "PermissionDenied",
         /// A schema statement failed.
         MigrationFailed = "MigrationFailed",
+        /// The schema belongs to another pipeline (its owner mark), or exists without the operator's mark.
+        SchemaConflict = "SchemaConflict",
         // Monitoring.
         /// Looking up the monitoring.coreos.com API failed.
         DiscoveryFailed = "DiscoveryFailed",

@@ -44,9 +44,14 @@ struct Args {
     #[arg(long, env = "CRYPTOVIZ_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     resync_interval: Duration,
 
-    /// How long external clean-up may fail before the finalizer is released with a Warning event.
+    /// How long a deleted pipeline's clean-up (workers, topics, schema) may take, from its deletion timestamp,
+    /// before the finalizer is released with a CleanupAbandoned Warning event naming what was left.
     #[arg(long, env = "CRYPTOVIZ_FINALIZER_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     finalizer_timeout: Duration,
+
+    /// The longest one reconcile may run before it is cancelled and retried with backoff.
+    #[arg(long, env = "CRYPTOVIZ_RECONCILE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    reconcile_timeout: Duration,
 
     /// Reconciles in flight at once per watched scope: bounds memory and the load on the API server,
     /// the brokers and the databases when many pipelines change together.
@@ -156,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         },
         resync: args.resync_interval,
         finalizer_timeout: args.finalizer_timeout,
+        reconcile_timeout: args.reconcile_timeout,
         max_concurrent_reconciles: args.max_concurrent_reconciles,
     };
     let shared = controller::Shared::new(client, metrics.clone(), settings, identity);

@@ -212,6 +212,9 @@ impl TopicAdmin {
             cfg.set(k, v);
         }
         cfg.set("socket.timeout.ms", "10000");
+        // A metadata request for a missing topic must never create it (librdkafka's default for a producer,
+        // which an admin client is, lets the broker auto-create).
+        cfg.set("allow.auto.create.topics", "false");
         let client: AdminClient<DefaultClientContext> = cfg.create().map_err(connect_error)?;
         let client = Arc::new(client);
         let topics = names.into_iter().collect();
@@ -253,12 +256,7 @@ impl TopicAdmin {
             });
         }
         let client = self.client(p, kube).await?;
-        let ours: Vec<String> = p
-            .status
-            .as_ref()
-            .and_then(|s| s.topics.as_ref())
-            .map(|t| vec![t.raw.clone(), t.stream.clone(), t.dlq.clone()])
-            .unwrap_or_default();
+        let ours = owned_topics(p);
         let live = self.observe(&client, &desired).await?;
 
         // Refusals and conflicts: the first becomes the condition (a Warning event on transition).
@@ -299,6 +297,7 @@ impl TopicAdmin {
             raw: p.topic_name(TopicRole::Raw),
             stream: p.topic_name(TopicRole::Stream),
             dlq: p.topic_name(TopicRole::Dlq),
+            owner_uid: p.uid(),
         };
         // Only topics we created or adopted are recorded as ours: a conflicting one must never be adopted later.
         let status = if warnings.iter().any(|(r, _)| *r == KnownReason::TopicConflict) {
@@ -416,10 +415,14 @@ impl TopicAdmin {
         Ok(())
     }
 
-    /// Delete the pipeline's topics (deletionPolicy Delete). Missing topics are fine: clean-up is idempotent.
+    /// Delete the topics this pipeline owns (deletionPolicy Delete; see [`owned_topics`]). Missing topics are
+    /// fine: clean-up is idempotent.
     pub async fn cleanup(&self, p: &CryptoPipeline, kube: &kube::Client) -> Result<(), TopicsError> {
+        let names = owned_topics(p);
+        if names.is_empty() {
+            return Ok(());
+        }
         let client = self.client(p, kube).await?;
-        let names: Vec<String> = TopicRole::ALL.into_iter().map(|r| p.topic_name(r)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let r = client.delete_topics(&refs, &opts()).await;
         let ok = matches!(&r, Ok(v) if v.iter().all(|r| r.is_ok() || matches!(r, Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)))));
@@ -434,6 +437,17 @@ impl TopicAdmin {
         }
         Ok(())
     }
+}
+
+/// The topics this pipeline owns: those `status.topics` records as created or adopted by its UID (a record
+/// without a UID, written before UIDs were recorded, counts as its own; one with another UID does not). A
+/// pipeline that lost a `TopicConflict` records none, so the spec's names are never enough to delete a topic.
+pub fn owned_topics(p: &CryptoPipeline) -> Vec<String> {
+    let Some(t) = p.status.as_ref().and_then(|s| s.topics.as_ref()) else { return vec![] };
+    if t.owner_uid.as_ref().is_some_and(|u| Some(u) != p.uid().as_ref()) {
+        return vec![];
+    }
+    [&t.raw, &t.stream, &t.dlq].into_iter().filter(|n| !n.is_empty()).cloned().collect()
 }
 
 fn opts() -> AdminOptions {

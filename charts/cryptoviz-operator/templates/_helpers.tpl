@@ -111,6 +111,10 @@ the per-namespace Roles. Only what operator/src uses: no wildcards, no list of S
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, list, watch, create, patch, delete]
+# A deleted pipeline's worker pods, listed by label until they are gone (before topics and schema are removed).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]

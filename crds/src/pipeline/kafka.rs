@@ -27,7 +27,12 @@ pub struct KafkaSpec {
     #[serde(default)]
     pub topics: TopicsSpec,
 
-    /// Retain (default) keeps the topics when the pipeline is deleted; Delete removes them.
+    /// Retain (default) keeps the topics when the pipeline is deleted. Delete removes them, after the worker
+    /// Deployments are gone (so no producer writes on), and only the topics `status.topics` records as created
+    /// or adopted by this pipeline's UID: topics lost to another pipeline in a `TopicConflict` stay. A deletion
+    /// that cannot finish within the operator's finalizer timeout (brokers unreachable, Secret gone) is
+    /// abandoned with a `CleanupAbandoned` Warning event naming the topics left behind; the annotation
+    /// `cryptoviz.io/skip-cleanup: "true"` skips all clean-up.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

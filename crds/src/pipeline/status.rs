@@ -18,13 +18,17 @@ pub struct CryptoPipelineStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The Kafka topics provisioned for this pipeline.
+    /// The Kafka topics this pipeline created or adopted, with its UID. Only these are deleted with
+    /// `kafka.deletionPolicy: Delete`; a pipeline that lost a `TopicConflict` records none and deletes none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topics: Option<TopicsStatus>,
     /// The gateway's in-cluster URL (`http://<service>.<namespace>.svc:<port>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_url: Option<String>,
-    /// The database schema holding this pipeline's tables.
+    /// The database schema holding this pipeline's tables (see `spec.timescale.schema` for how it is chosen;
+    /// a legacy `cv_<name>` recorded here is kept). The operator marks a schema it creates as this pipeline's
+    /// (`COMMENT ON SCHEMA`, with the pipeline's UID); `timescale.deletionPolicy: Delete` drops only a schema
+    /// with that mark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
 }
@@ -73,4 +77,8 @@ pub struct TopicsStatus {
     /// The dead-letter topic.
     #[serde(default)]
     pub dlq: String,
+    /// The UID of the pipeline that created or adopted these topics. The finalizer deletes them only when it is
+    /// this pipeline's own UID (or absent, as written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<String>,
 }

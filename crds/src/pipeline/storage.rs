@@ -11,7 +11,10 @@ pub struct TimescaleSpec {
     /// Secret key holding the connection URL (`postgres://user:password@host:5432/db?sslmode=require`).
     pub connection_secret_ref: SecretKeyRef,
 
-    /// Database schema for this pipeline's tables. Default: the pipeline's name with `-` replaced by `_`.
+    /// Database schema for this pipeline's tables. Default: `cv_<namespace>_<name>` with `-` and `.` as `_`
+    /// (at most 63 bytes), so same-named pipelines in two namespaces never share one; a pipeline whose status
+    /// records the older default `cv_<name>` keeps it. A schema another pipeline marked as its own is not used:
+    /// `StorageReady=False SchemaConflict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
     pub schema: Option<String>,
@@ -25,7 +28,11 @@ pub struct TimescaleSpec {
     #[schemars(regex(pattern = r"^0*[1-9][0-9]*(ms|s|m|h|d|w)([0-9]+(ms|s|m|h|d|w))*$"))]
     pub compress_after: Option<String>,
 
-    /// Retain (default) keeps the schema and its data when the pipeline is deleted; Delete drops the schema.
+    /// Retain (default) keeps the schema and its data when the pipeline is deleted. Delete drops the schema,
+    /// after the worker Deployments and the topics are gone, and only when the schema carries this pipeline's
+    /// owner mark (one it created). A drop that cannot finish within the operator's finalizer timeout (database
+    /// unreachable, Secret gone) is abandoned with a `CleanupAbandoned` Warning event naming the schema left
+    /// behind; the annotation `cryptoviz.io/skip-cleanup: "true"` skips all clean-up.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

@@ -101,6 +101,7 @@ pub fn context() -> (Context, ApiServerVerifier) {
         workloads: WorkloadDefaults { worker_image: "worker:test".into(), image_pull_policy: "IfNotPresent".into() },
         resync: Duration::from_secs(300),
         finalizer_timeout: Duration::from_secs(60),
+        reconcile_timeout: Duration::from_secs(60),
         max_concurrent_reconciles: 1,
     };
     let ctx = Context {

@@ -53,9 +53,9 @@ pub enum Error {
     /// status says so (`Ready=False`, reason `InvalidSpec`) before the reconcile fails with this.
     #[error("invalid spec: {}", .0.join("; "))]
     InvalidSpec(Vec<String>),
-    /// External clean-up failed and will be retried.
-    #[error("clean-up of {0} failed: {1}")]
-    Cleanup(&'static str, String),
+    /// The reconcile did not finish within `--reconcile-timeout` and was cancelled.
+    #[error("reconcile did not finish within {0:?}")]
+    Timeout(Duration),
 }
 
 impl Error {
@@ -64,7 +64,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube_api",
             Error::InvalidSpec(_) => "invalid_spec",
-            Error::Cleanup(..) => "cleanup",
+            Error::Timeout(_) => "timeout",
         }
     }
 }
@@ -76,8 +76,12 @@ pub struct Settings {
     pub workloads: WorkloadDefaults,
     /// Periodic resync of every pipeline (topics and storage drift is only seen this way).
     pub resync: Duration,
-    /// How long external clean-up may fail before the finalizer is released anyway.
+    /// How long external clean-up may take, from the deletion timestamp, before the finalizer is released
+    /// anyway (with a Warning naming what was left).
     pub finalizer_timeout: Duration,
+    /// The longest one reconcile may run; it is cancelled then and retried with backoff, so hung calls never
+    /// hold all `max_concurrent_reconciles` slots.
+    pub reconcile_timeout: Duration,
     /// Reconciles in flight at once per watch scope. Bounds memory and the load on the API server, the
     /// brokers and the databases when many pipelines change together (startup, a mass apply).
     pub max_concurrent_reconciles: u16,
@@ -204,7 +208,8 @@ pub async fn reconcile(p: Arc<CryptoPipeline>, ctx: Arc<Context>) -> Result<Acti
         let m = &ctx.shared.metrics;
         let _timer = m.start_reconcile();
         m.pipelines.set(ctx.pipelines.len() as i64);
-        let result = reconcile_inner(&p, &ctx).await;
+        let limit = ctx.shared.settings.reconcile_timeout;
+        let result = tokio::time::timeout(limit, reconcile_inner(&p, &ctx)).await.unwrap_or(Err(Error::Timeout(limit)));
         let label = if result.is_ok() { "ok" } else { "error" };
         m.reconciliations.get_or_create(&crate::metrics::ResultLabels { result: label }).inc();
         result
@@ -497,6 +502,7 @@ mod tests {
                     raw: p.topic_name(TopicRole::Raw),
                     stream: p.topic_name(TopicRole::Stream),
                     dlq: p.topic_name(TopicRole::Dlq),
+                    owner_uid: p.uid(),
                 }),
                 changes: vec![],
             },

@@ -1,8 +1,9 @@
 //! Versioned schema migrations: each statement is safe to re-run, and they are applied in order under an
-//! advisory lock, so two operator replicas (or the operator and a standalone worker) never race.
+//! advisory lock (`lock.rs`), so two operator replicas (or the operator and a standalone worker) never race.
 
 use sqlx::PgConnection;
 
+use super::lock::{Scope, lock, unlock};
 use super::{Mode, Recorder, SchemaError, current_version, sql};
 
 /// One versioned migration: statements that are each safe to re-run.
@@ -85,12 +86,7 @@ pub(crate) async fn migrate(
         return Ok(());
     }
     // Session advisory lock: continuous aggregates cannot be created inside a transaction block.
-    let key = format!("cryptoviz:{schema}");
-    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
-        .bind(&key)
-        .execute(&mut *c)
-        .await
-        .map_err(sql("advisory lock"))?;
+    lock(c, schema, Scope::Session).await?;
     let result = async {
         // Another replica may have migrated while we waited for the lock.
         let current = current_version(c, schema).await?;
@@ -121,6 +117,6 @@ pub(crate) async fn migrate(
         Ok(())
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))").bind(&key).execute(&mut *c).await;
+    unlock(c, schema).await;
     result
 }

@@ -6,13 +6,17 @@
 //! Without TimescaleDB (many managed PostgreSQL services lack it) the pipeline still works: plain tables with
 //! the same keys, candles as views computed on read, and retention enforced here in bounded batches.
 
+mod lock;
 mod migrations;
+mod ownership;
 mod policies;
 
 use cryptoviz_crds::CryptoPipeline;
 use sqlx::PgConnection;
 
+pub use lock::LOCK_WAIT;
 pub use migrations::latest_version;
+pub use ownership::{Claim, Dropped, MARK_PREFIX, Owner, claim, drop_owned, marked_uid};
 pub use policies::desired_retention;
 
 /// Storage mode of a database.
@@ -35,6 +39,14 @@ pub enum SchemaError {
         /// The database's error.
         source: sqlx::Error,
     },
+    /// Another session held the schema's advisory lock for longer than [`LOCK_WAIT`].
+    #[error("schema {schema} is locked by another session (waited {waited:?})")]
+    Busy {
+        /// The schema.
+        schema: String,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl SchemaError {
@@ -44,7 +56,7 @@ impl SchemaError {
             SchemaError::Sql { source: sqlx::Error::Database(d), .. } if d.code().as_deref() == Some("42501") => {
                 "PermissionDenied"
             }
-            SchemaError::Sql { .. } => "MigrationFailed",
+            SchemaError::Sql { .. } | SchemaError::Busy { .. } => "MigrationFailed",
         }
     }
 }
@@ -80,17 +92,6 @@ pub async fn reconcile(p: &CryptoPipeline, c: &mut PgConnection, rec: &dyn Recor
         Mode::Plain => policies::plain_retention(rec, c, p, &s).await?,
     }
     Ok(mode)
-}
-
-/// Drop the pipeline's schema and everything in it. Idempotent.
-pub async fn drop_schema(p: &CryptoPipeline, c: &mut PgConnection, rec: &dyn Recorder) -> Result<(), SchemaError> {
-    let s = quote_ident(&p.schema_name());
-    let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {s} CASCADE")))
-        .execute(c)
-        .await
-        .map_err(sql("drop schema"));
-    rec.database("drop_schema", r.is_ok());
-    r.map(|_| ())
 }
 
 /// Quote an identifier (the schema name is already restricted by the CRD, this is defence in depth).

@@ -150,7 +150,10 @@ impl KafkaPublisher {
             .set("linger.ms", options.linger.as_millis().to_string())
             .set("queue.buffering.max.messages", options.max_buffered_messages.to_string())
             .set("queue.buffering.max.kbytes", options.max_buffered_kbytes.to_string())
-            .set("message.timeout.ms", options.message_timeout.as_millis().to_string());
+            .set("message.timeout.ms", options.message_timeout.as_millis().to_string())
+            // Topics are the operator's (or standalone --kafka's) to create. With librdkafka's producer default
+            // (true) a broker that allows auto-creation would re-create a topic the finalizer just deleted.
+            .set("allow.auto.create.topics", "false");
         let connected = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         let context = DeliveryContext { metrics, connected: connected.clone(), epoch, observer };
