@@ -384,7 +384,8 @@ async fn with_kafka_messages_reach_the_real_topics() {
 async fn with_timescale_an_empty_database_stores_the_raw_feed() {
     let admin_url = TestEnv::get().postgres_url().to_string();
     let name = unique("standalone-db");
-    let schema = format!("cv_{}", name.replace('-', "_"));
+    // A manifest without a namespace is in `default`: the schema is cv_<namespace>_<name>.
+    let schema = format!("cv_default_{}", name.replace('-', "_"));
     let database = schema.clone();
     let mut admin = PgConnection::connect(&admin_url).await.unwrap();
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{database}\""))).execute(&mut admin).await.unwrap();

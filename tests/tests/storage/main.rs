@@ -21,6 +21,8 @@ fn pipeline(timescale: &str) -> CryptoPipeline {
     let spec: CryptoPipelineSpec = serde_saphyr::from_str(&yaml).unwrap();
     let mut p = CryptoPipeline::new(&unique("st"), spec);
     p.metadata.namespace = Some("storage-tests".into());
+    // The apiserver gives every object a UID; the schema's owner mark is made from it.
+    p.metadata.uid = Some(format!("uid-{}", p.metadata.name.as_deref().unwrap()));
     p
 }
 
