@@ -36,14 +36,15 @@ pub struct Candles {
 pub struct Candle {
     /// Bucket start (UTC, aligned to the interval).
     pub time: DateTime<Utc>,
-    /// Price of the bucket's first trade.
+    /// Price of the first trade in the bucket: the open of its earliest stored sub-candle (1-minute up to
+    /// 15m, 1-hour above); merged over sources, the mean of the sources' opens in that sub-candle.
     #[schema(example = "64012.5")]
     pub open: String,
     /// Highest price.
     pub high: String,
     /// Lowest price.
     pub low: String,
-    /// Price of the bucket's last trade.
+    /// Price of the last trade: the close of its latest sub-candle; merged, the mean of the sources' closes.
     pub close: String,
     /// Sum of the traded quantities.
     pub volume: String,

@@ -207,13 +207,18 @@ impl Db {
             Mode::Timescale => format!("time_bucket(interval '{iv}', bucket)"),
             Mode::Plain => format!("date_bin(interval '{iv}', bucket, timestamptz '2000-01-03 00:00:00+00')"),
         };
+        // Per candle: the sub-candles (one per stored bucket and source) it covers; open is the mean of the
+        // opens of its earliest sub-bucket, close the mean of the closes of its latest (one source: exactly
+        // that source's), high the max, low the min, volume and trades the sums.
         let sql = format!(
-            "SELECT {bucket} AS t, \
-             trim_scale((array_agg(open ORDER BY bucket, source))[1])::text, trim_scale(max(high))::text, \
-             trim_scale(min(low))::text, trim_scale((array_agg(close ORDER BY bucket DESC, source))[1])::text, \
-             trim_scale(sum(volume))::text, sum(trades)::int8 \
+            "SELECT t, trim_scale(avg(open) FILTER (WHERE bucket = fb))::text, trim_scale(max(high))::text, \
+             trim_scale(min(low))::text, trim_scale(avg(close) FILTER (WHERE bucket = lb))::text, \
+             trim_scale(sum(volume))::text, sum(trades)::int8 FROM ( \
+             SELECT {bucket} AS t, bucket, open, high, low, close, volume, trades, \
+             min(bucket) OVER w AS fb, max(bucket) OVER w AS lb \
              FROM {s}.{table} WHERE symbol = $1 AND ($2::text IS NULL OR source = $2) \
-             AND bucket >= $3 AND bucket < $4 GROUP BY 1 ORDER BY 1 LIMIT $5",
+             AND bucket >= $3 AND bucket < $4 WINDOW w AS (PARTITION BY {bucket})) sub \
+             GROUP BY t ORDER BY t LIMIT $5",
             s = self.schema,
             table = q.interval.table(),
         );
