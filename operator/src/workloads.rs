@@ -179,6 +179,10 @@ fn env(p: &CryptoPipeline, c: Component, cfg: &WorkerConfig) -> Vec<Value> {
             if let Some(r) = &p.spec.gateway.auth_secret_ref {
                 env.push(secret_env(GATEWAY_JWT_KEY_ENV, r));
             }
+            // The history API (`/api/v1`) reads the same database as the consumer.
+            if let Some(ts) = &p.spec.timescale {
+                env.push(secret_env(DATABASE_URL_ENV, &ts.connection_secret_ref));
+            }
         }
     }
     env
@@ -406,6 +410,30 @@ mod tests {
         assert_eq!(comps, vec![Component::Scraper, Component::Consumer]);
         assert!(d.service.is_none());
         assert_eq!(d.pdbs.len(), 1);
+    }
+
+    #[test]
+    fn the_gateway_gets_the_database_secret_only_when_the_pipeline_has_storage() {
+        let db_env = |p: &CryptoPipeline| {
+            let d = desired(p, &defaults()).unwrap();
+            let (_, gw) = d.deployments.iter().find(|(c, _)| *c == Component::Gateway).unwrap();
+            let v = serde_json::to_value(gw).unwrap();
+            v["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == DATABASE_URL_ENV)
+                .cloned()
+        };
+        assert_eq!(db_env(&pipeline(BASIC)), None);
+        let p = pipeline(
+            r#"{"symbols":["BTC"],"sources":[{"kind":"synthetic"}],"kafka":{"bootstrapServers":"k:9092"},
+                "timescale":{"connectionSecretRef":{"name":"db","key":"url"}}}"#,
+        );
+        assert_eq!(
+            db_env(&p),
+            Some(json!({"name": DATABASE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}}))
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod consumer;
 pub mod gateway;
+pub mod history;
 pub mod message;
 pub mod scraper;
 pub mod sources;

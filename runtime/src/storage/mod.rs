@@ -95,17 +95,22 @@ pub async fn reconcile(p: &CryptoPipeline, c: &mut PgConnection, rec: &dyn Recor
 }
 
 /// Quote an identifier (the schema name is already restricted by the CRD, this is defence in depth).
-pub(crate) fn quote_ident(s: &str) -> String {
+pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-async fn detect_mode(c: &mut PgConnection) -> Result<Mode, SchemaError> {
+/// The mode of a database as it is, without changing anything: TimescaleDB when the extension is installed
+/// (readers such as the history API, on a read-only connection).
+pub async fn installed_mode(c: &mut PgConnection) -> Result<Mode, sqlx::Error> {
     let installed: Option<String> =
         sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
             .fetch_optional(&mut *c)
-            .await
-            .map_err(sql("detect TimescaleDB"))?;
-    if installed.is_some() {
+            .await?;
+    Ok(if installed.is_some() { Mode::Timescale } else { Mode::Plain })
+}
+
+async fn detect_mode(c: &mut PgConnection) -> Result<Mode, SchemaError> {
+    if installed_mode(c).await.map_err(sql("detect TimescaleDB"))? == Mode::Timescale {
         return Ok(Mode::Timescale);
     }
     let available: bool =

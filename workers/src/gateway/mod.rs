@@ -111,15 +111,21 @@ pub fn hub_options(cfg: &WorkerConfig) -> anyhow::Result<HubOptions> {
     })
 }
 
-/// The gateway's routes (`/`, `/stream`, `/stats`) merged with `/health`, `/ready` and `/metrics`, behind
-/// the CORS allow-list.
-pub fn router(gw: Arc<Gateway>, registry: Registry, health: Arc<Health>, cors_origins: &[String]) -> Router {
+/// The gateway's routes (`/`, `/stream`, `/stats`) merged with `/health`, `/ready`, `/metrics` and `api`
+/// (the history API, when the pipeline has storage), behind the CORS allow-list.
+pub fn router(
+    gw: Arc<Gateway>,
+    registry: Registry,
+    health: Arc<Health>,
+    cors_origins: &[String],
+    api: Option<Router>,
+) -> Router {
     let own = Router::new()
         .route("/", get(page))
         .route("/stream", get(sse::stream))
         .route("/stats", get(stats))
         .with_state(gw);
-    let app = own.merge(cryptoviz_runtime::health::router(registry, health));
+    let app = own.merge(cryptoviz_runtime::health::router(registry, health)).merge(api.unwrap_or_default());
     if cors_origins.is_empty() {
         return app;
     }
@@ -245,7 +251,8 @@ pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let hub = Hub::new(hub_options(&cfg)?, metrics);
     let health = Health::new();
     let gw = Arc::new(Gateway { hub: hub.clone(), auth });
-    let app = router(gw, registry, health.clone(), &cfg.gateway.cors_origins);
+    let api = crate::history::History::from_config(&cfg, &mut registry)?.map(crate::history::router);
+    let app = router(gw, registry, health.clone(), &cfg.gateway.cors_origins, api);
     let listener = bind(listen)?;
 
     let tail = tokio::spawn({

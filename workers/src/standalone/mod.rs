@@ -165,7 +165,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
 
     let gw = Arc::new(Gateway { hub: hub.clone(), auth });
-    let app = gateway::router(gw, registry, health, &cfg.gateway.cors_origins);
+    // The history API over the same database as the consumer, when storing.
+    let api = match (&opts.timescale, &cfg.storage) {
+        (Some(url), Some(storage)) => {
+            Some(crate::history::router(crate::history::History::new(url, &storage.schema, &mut registry)?))
+        }
+        _ => None,
+    };
+    let app = gateway::router(gw, registry, health, &cfg.gateway.cors_origins, api);
     print!("{}", banner::banner(&p, &cfg, &opts, addr));
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
