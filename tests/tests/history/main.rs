@@ -51,7 +51,8 @@ async fn candles_equal_the_hand_computed_ones(mode: Mode) {
             candle(at(0), "100", "107", "98", "101", "6", 5),
             candle(at(300), "110", "110", "110", "110", "1", 1),
             candle(at(4200), "120", "120", "120", "120", "3", 1),
-            candle(at(7140), "115", "115", "115", "115", "2", 1),
+            // The trade at 01:59 falls in the 5-minute bucket that starts at 01:55.
+            candle(at(6900), "115", "115", "115", "115", "2", 1),
         ])
     );
     // 1h merged: both sources traded in 00:00 and 01:00, so open and close are the sources' means.
@@ -79,12 +80,13 @@ async fn candles_equal_the_hand_computed_ones(mode: Mode) {
     assert_eq!(
         v["candles"],
         json!([
-            candle(at(0), "103.5", "120", "98", "90", "13", 9),
+            // The 05:00 trade at 90 is the day's low as well as its close.
+            candle(at(0), "103.5", "120", "90", "90", "13", 9),
             candle(at(86400), "130", "130", "130", "130", "1", 1)
         ])
     );
     let (_, v) = get(&gw, &format!("/api/v1/candles?symbol=BTC&interval=1d&source=kraken&{}", range(at(86400)))).await;
-    assert_eq!(v["candles"], json!([candle(at(0), "100", "120", "98", "90", "10", 7)]));
+    assert_eq!(v["candles"], json!([candle(at(0), "100", "120", "90", "90", "10", 7)]));
     // `from` inside a bucket starts at that bucket; `to` inside one ends after it.
     let (_, v) = get(
         &gw,
