@@ -127,6 +127,13 @@ pub fn validate(p: &CryptoPipeline) -> Vec<FieldError> {
     v.range("spec.gateway.maxClients", s.gateway.max_clients.into(), 1, 1_000_000);
     v.range("spec.gateway.replayBuffer", s.gateway.replay_buffer.into(), 0, 1_000_000);
     v.secret_ref("spec.gateway.authSecretRef", s.gateway.auth_secret_ref.as_ref());
+    v.secret_ref("spec.gateway.authPublicKeysSecretRef", s.gateway.auth_public_keys_secret_ref.as_ref());
+    if let Some(a) = &s.gateway.auth_audience {
+        v.len("spec.gateway.authAudience", a.len(), 1, 256);
+    }
+    if let Some(i) = &s.gateway.auth_issuer {
+        v.len("spec.gateway.authIssuer", i.len(), 1, 256);
+    }
     v.range("spec.gateway.service.port", s.gateway.service.port.into(), 1, 65_535);
     let t = s.alerts.threshold_percent;
     if !(t > 0.0 && t <= 100.0) {
@@ -325,6 +332,10 @@ const COVERED: &[&str] = &[
     "spec.consumer.flushInterval:pattern",
     "spec.consumer.image:length",
     "spec.consumer.replicas:range",
+    "spec.gateway.authAudience:length",
+    "spec.gateway.authIssuer:length",
+    "spec.gateway.authPublicKeysSecretRef.key:length",
+    "spec.gateway.authPublicKeysSecretRef.name:length",
     "spec.gateway.authSecretRef.key:length",
     "spec.gateway.authSecretRef.name:length",
     "spec.gateway.heartbeatInterval:pattern",

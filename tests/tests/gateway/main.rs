@@ -1,6 +1,7 @@
 //! The SSE gateway against real Kafka: the `cryptoviz-worker gateway` binary on a topic of its own per test.
 
 mod harness;
+mod jwt;
 mod page;
 
 use std::collections::{BTreeSet, HashMap};
@@ -273,8 +274,9 @@ async fn jwt_is_required_when_configured_and_the_symbols_claim_is_honoured() {
     let key = "test-key-0123456789";
     let topic = Topic::create(1).await;
     let gw = Gateway::start(&topic, Opts { jwt_key: Some(key.into()), ..Opts::default() }).await;
-    let btc_only = jwt(key, &json!({"sub": "alice", "symbols": ["BTC"]}));
-    let forged = jwt("another-key", &json!({"sub": "mallory"}));
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let btc_only = jwt(key, &json!({"sub": "alice", "symbols": ["BTC"], "exp": exp}));
+    let forged = jwt("another-key", &json!({"sub": "mallory", "exp": exp}));
     let expired = jwt(key, &json!({"exp": 1_000_000}));
 
     let none = Client::connect(&gw.addr, "/stream", &[]).await;
