@@ -24,6 +24,8 @@ pub const KAFKA_USERNAME_ENV: &str = "CRYPTOVIZ_KAFKA_USERNAME";
 pub const KAFKA_PASSWORD_ENV: &str = "CRYPTOVIZ_KAFKA_PASSWORD";
 /// Environment variable holding the gateway's JWT HS256 key.
 pub const GATEWAY_JWT_KEY_ENV: &str = "CRYPTOVIZ_GATEWAY_JWT_KEY";
+/// Environment variable the gateway reads its RS256/ES256 public keys (PEM or JWKS) from.
+pub const GATEWAY_JWT_PUBLIC_KEYS_ENV: &str = "CRYPTOVIZ_GATEWAY_JWT_PUBLIC_KEYS";
 /// Where the Kafka CA bundle is mounted in worker pods.
 pub const KAFKA_CA_DIR: &str = "/etc/cryptoviz/kafka-ca";
 /// Port of every worker's HTTP server (health, metrics; the gateway's SSE too).
@@ -184,9 +186,21 @@ pub struct GatewayConfig {
     /// Allowed CORS origins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors_origins: Vec<String>,
-    /// Environment variable holding the JWT key, when auth is on.
+    /// Environment variable holding the HS256 JWT key, when HS256 auth is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_key_env: Option<String>,
+    /// Environment variable holding RS256/ES256 public keys (PEM or JWKS), when that auth is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_public_keys_env: Option<String>,
+    /// Audience a token's `aud` must name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    /// Issuer a token's `iss` must be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    /// Refuse tokens without `exp`.
+    #[serde(default = "yes")]
+    pub jwt_require_exp: bool,
     /// Connection limits (`spec.gateway.limits`).
     #[serde(default)]
     pub limits: GatewayLimits,
@@ -220,6 +234,10 @@ impl Default for GatewayLimits {
             max_request_head_bytes: 16 * 1024,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Alert knobs.
@@ -311,6 +329,14 @@ impl WorkerConfig {
                 replay_buffer: spec.gateway.replay_buffer,
                 cors_origins: spec.gateway.cors_origins.clone(),
                 jwt_key_env: spec.gateway.auth_secret_ref.as_ref().map(|_| GATEWAY_JWT_KEY_ENV.into()),
+                jwt_public_keys_env: spec
+                    .gateway
+                    .auth_public_keys_secret_ref
+                    .as_ref()
+                    .map(|_| GATEWAY_JWT_PUBLIC_KEYS_ENV.into()),
+                jwt_audience: spec.gateway.auth_audience.clone(),
+                jwt_issuer: spec.gateway.auth_issuer.clone(),
+                jwt_require_exp: spec.gateway.auth_require_exp,
                 limits: {
                     let l = &spec.gateway.limits;
                     GatewayLimits {

@@ -3,7 +3,7 @@
 //! breach as the `InvalidSpec` reason on `Ready` (and a Warning event) and applies nothing, and standalone
 //! refuses the manifest with the same message ([`crate::validate::parse_manifest`]).
 
-use crate::validate::FieldError;
+use crate::field::FieldError;
 use crate::{CryptoPipeline, duration};
 
 /// Every cross-field rule `p` breaks, in field order (empty: none). Fields that do not parse are left to

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod cross_field;
 pub mod duration;
+pub mod field;
 mod pipeline;
 pub mod topics;
 pub mod validate;

@@ -6,26 +6,12 @@
 //! constraints in the generated CRD, so a new pattern in [`crate::pipeline`] cannot be forgotten here.
 
 use std::collections::HashSet;
-use std::fmt;
 
 use kube::ResourceExt;
 
 use crate::{CryptoPipeline, SecretKeyRef, SourceKind, TopicSpec, WorkloadSpec, duration};
 
-/// One field that the apiserver would refuse.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// JSON path of the field, e.g. `spec.sources[0].pollInterval`.
-    pub path: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
+pub use crate::field::FieldError;
 
 /// A ticker as `spec.symbols` takes it: `^[A-Z0-9]{1,15}$`. The consumer holds every message's symbol to it too.
 pub fn is_symbol(s: &str) -> bool {
@@ -138,6 +124,13 @@ pub fn validate(p: &CryptoPipeline) -> Vec<FieldError> {
     v.range("spec.gateway.maxClients", s.gateway.max_clients.into(), 1, 1_000_000);
     v.range("spec.gateway.replayBuffer", s.gateway.replay_buffer.into(), 0, 1_000_000);
     v.secret_ref("spec.gateway.authSecretRef", s.gateway.auth_secret_ref.as_ref());
+    v.secret_ref("spec.gateway.authPublicKeysSecretRef", s.gateway.auth_public_keys_secret_ref.as_ref());
+    if let Some(a) = &s.gateway.auth_audience {
+        v.len("spec.gateway.authAudience", a.len(), 1, 256);
+    }
+    if let Some(i) = &s.gateway.auth_issuer {
+        v.len("spec.gateway.authIssuer", i.len(), 1, 256);
+    }
     v.range("spec.gateway.service.port", s.gateway.service.port.into(), 1, 65_535);
     let l = &s.gateway.limits;
     v.range("spec.gateway.limits.maxClientsPerAddress", l.max_clients_per_address.into(), 1, 1_000_000);
@@ -351,6 +344,10 @@ const COVERED: &[&str] = &[
     "spec.consumer.flushInterval:pattern",
     "spec.consumer.image:length",
     "spec.consumer.replicas:range",
+    "spec.gateway.authAudience:length",
+    "spec.gateway.authIssuer:length",
+    "spec.gateway.authPublicKeysSecretRef.key:length",
+    "spec.gateway.authPublicKeysSecretRef.name:length",
     "spec.gateway.authSecretRef.key:length",
     "spec.gateway.authSecretRef.name:length",
     "spec.gateway.heartbeatInterval:pattern",

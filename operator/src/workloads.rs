@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use cryptoviz_crds::config::{
-    self, CONFIG_DIR, CONFIG_FILE, DATABASE_URL_ENV, GATEWAY_JWT_KEY_ENV, KAFKA_CA_DIR, KAFKA_PASSWORD_ENV,
-    KAFKA_USERNAME_ENV, WORKER_HTTP_PORT, WorkerConfig,
+    self, CONFIG_DIR, CONFIG_FILE, DATABASE_URL_ENV, GATEWAY_JWT_KEY_ENV, GATEWAY_JWT_PUBLIC_KEYS_ENV, KAFKA_CA_DIR,
+    KAFKA_PASSWORD_ENV, KAFKA_USERNAME_ENV, WORKER_HTTP_PORT, WorkerConfig,
 };
 use cryptoviz_crds::{CryptoPipeline, PIPELINE_LABEL, SecretKeyRef, WorkloadSpec};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -178,6 +178,9 @@ fn env(p: &CryptoPipeline, c: Component, cfg: &WorkerConfig) -> Vec<Value> {
         Component::Gateway => {
             if let Some(r) = &p.spec.gateway.auth_secret_ref {
                 env.push(secret_env(GATEWAY_JWT_KEY_ENV, r));
+            }
+            if let Some(r) = &p.spec.gateway.auth_public_keys_secret_ref {
+                env.push(secret_env(GATEWAY_JWT_PUBLIC_KEYS_ENV, r));
             }
             // The history API (`/api/v1`) reads the same database as the consumer.
             if let Some(ts) = &p.spec.timescale {

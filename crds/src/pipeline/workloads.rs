@@ -108,9 +108,28 @@ pub struct GatewaySpec {
     /// Browser origins allowed by CORS (`https://app.example.com`). Empty: same origin only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors_origins: Vec<String>,
-    /// Secret key holding an HS256 key: when set, clients need a bearer JWT signed with it.
+    /// Secret key holding an HS256 key: when set (or `authPublicKeysSecretRef` is), clients need a bearer
+    /// JWT (`Authorization: Bearer`, or `?access_token=` for EventSource) signed with it; a token's
+    /// `symbols` claim (`["BTC"]`, `["*"]` for all) limits what it may stream (403 beyond it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding public keys for RS256 / ES256 tokens: one PEM public key (RSA, or P-256 EC) or a
+    /// JWKS document (`{"keys": [...]}`; a key with a `kid` is tried only for tokens naming it). Accepted
+    /// alongside `authSecretRef`'s HS256 key. An unparsable document stops the gateway at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_public_keys_secret_ref: Option<SecretKeyRef>,
+    /// When set, a token's `aud` must name this audience (tokens without `aud` are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub auth_audience: Option<String>,
+    /// When set, a token's `iss` must be this issuer (tokens without `iss` are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub auth_issuer: Option<String>,
+    /// Refuse tokens without `exp` (default). False accepts them; an `exp` that is present is always
+    /// checked, and a stream is closed with a final `expired` event when its token's `exp` passes.
+    #[serde(default = "default_true")]
+    pub auth_require_exp: bool,
     /// The gateway's Service.
     #[serde(default)]
     pub service: GatewayServiceSpec,
@@ -188,6 +207,10 @@ impl Default for GatewaySpec {
             replay_buffer: default_replay_buffer(),
             cors_origins: Vec::new(),
             auth_secret_ref: None,
+            auth_public_keys_secret_ref: None,
+            auth_audience: None,
+            auth_issuer: None,
+            auth_require_exp: true,
             service: GatewayServiceSpec::default(),
             limits: GatewayLimitsSpec::default(),
         }

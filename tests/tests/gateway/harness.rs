@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -106,6 +107,10 @@ pub struct Opts {
     pub heartbeat_ms: u64,
     /// HS256 key; turns auth on.
     pub jwt_key: Option<String>,
+    /// RS256/ES256 public keys (PEM or JWKS); turns auth on.
+    pub jwt_public_keys: Option<String>,
+    /// `gateway.jwtAudience`.
+    pub jwt_audience: Option<String>,
     /// `CRYPTOVIZ_GATEWAY_CLIENT_QUEUE`.
     pub client_queue: Option<u64>,
     /// `gateway.limits`, as a YAML flow mapping (`{maxClientsPerAddress: 2}`); the defaults when absent.
@@ -119,6 +124,8 @@ impl Default for Opts {
             max_clients: 100,
             heartbeat_ms: 1000,
             jwt_key: None,
+            jwt_public_keys: None,
+            jwt_audience: None,
             client_queue: None,
             limits: None,
         }
@@ -130,6 +137,7 @@ pub struct Gateway {
     child: Child,
     /// Where it listens.
     pub addr: String,
+    log: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
@@ -146,7 +154,16 @@ impl Gateway {
     pub async fn start(topic: &Topic, opts: Opts) -> Gateway {
         let dir = std::env::temp_dir().join(unique("gateway-test"));
         std::fs::create_dir_all(&dir).unwrap();
-        let jwt = if opts.jwt_key.is_some() { ", jwtKeyEnv: TEST_GATEWAY_JWT_KEY" } else { "" };
+        let mut jwt = String::new();
+        if opts.jwt_key.is_some() {
+            jwt.push_str(", jwtKeyEnv: TEST_GATEWAY_JWT_KEY");
+        }
+        if opts.jwt_public_keys.is_some() {
+            jwt.push_str(", jwtPublicKeysEnv: TEST_GATEWAY_JWT_PUBLIC_KEYS");
+        }
+        if let Some(a) = &opts.jwt_audience {
+            jwt.push_str(&format!(", jwtAudience: '{a}'"));
+        }
         let limits = opts.limits.map(|l| format!(", limits: {l}")).unwrap_or_default();
         let config = format!(
             "pipeline: {{namespace: test, name: gateway}}\n\
@@ -170,7 +187,8 @@ impl Gateway {
         cmd.arg("--config")
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
+            // The gateway's debug lines too, so a log grep sees what a verbose operator would.
+            .env("RUST_LOG", "info,cryptoviz_workers::gateway=debug")
             .env_remove("CRYPTOVIZ_LOG_FORMAT")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -178,6 +196,9 @@ impl Gateway {
             .kill_on_drop(true);
         if let Some(k) = &opts.jwt_key {
             cmd.env("TEST_GATEWAY_JWT_KEY", k);
+        }
+        if let Some(k) = &opts.jwt_public_keys {
+            cmd.env("TEST_GATEWAY_JWT_PUBLIC_KEYS", k);
         }
         if let Some(q) = opts.client_queue {
             cmd.env("CRYPTOVIZ_GATEWAY_CLIENT_QUEUE", q.to_string());
@@ -194,14 +215,27 @@ impl Gateway {
         })
         .await
         .expect("the gateway listens within 30 s");
-        // Keep draining stderr so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let gw = Gateway { child, addr, _dir: TempDir(dir) };
+        // Keep draining stderr so the process never blocks on a full pipe, keeping the lines for `log`.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn({
+            let log = log.clone();
+            async move {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    log.lock().unwrap().push(l);
+                }
+            }
+        });
+        let gw = Gateway { child, addr, log, _dir: TempDir(dir) };
         wait_for("the gateway to be ready", Duration::from_secs(30), || async {
             (gw.get("/ready").await.0 == 200).then_some(())
         })
         .await;
         gw
+    }
+
+    /// The gateway's log lines (stderr) so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// GET a path: (status, body); status 0 when nothing answers.

@@ -2,6 +2,7 @@
 
 mod harness;
 mod hostile;
+mod jwt;
 mod limits;
 mod page;
 
@@ -275,8 +276,9 @@ async fn jwt_is_required_when_configured_and_the_symbols_claim_is_honoured() {
     let key = "test-key-0123456789";
     let topic = Topic::create(1).await;
     let gw = Gateway::start(&topic, Opts { jwt_key: Some(key.into()), ..Opts::default() }).await;
-    let btc_only = jwt(key, &json!({"sub": "alice", "symbols": ["BTC"]}));
-    let forged = jwt("another-key", &json!({"sub": "mallory"}));
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let btc_only = jwt(key, &json!({"sub": "alice", "symbols": ["BTC"], "exp": exp}));
+    let forged = jwt("another-key", &json!({"sub": "mallory", "exp": exp}));
     let expired = jwt(key, &json!({"exp": 1_000_000}));
 
     let none = Client::connect(&gw.addr, "/stream", &[]).await;

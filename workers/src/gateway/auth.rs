@@ -1,30 +1,45 @@
-//! Optional bearer-token auth: HS256 JWTs signed with the key in the environment variable the
-//! configuration names. A `symbols` claim restricts which symbols the client may stream.
+//! Optional bearer-token auth, verified by the `jsonwebtoken` crate: HS256 with a shared key, RS256 and
+//! ES256 with public keys (a PEM key or a JWKS document), each from an environment variable the
+//! configuration names (the operator fills them from Secrets).
 //!
-//! Only HS256 is accepted (the header's `alg` is checked, so `none` or an asymmetric algorithm can never be
-//! substituted); `exp` and `nbf` are honoured when present. The key is never logged: [`Auth`]'s `Debug`
-//! prints a placeholder.
+//! - The header's `alg` must be one the configured keys are for, so `none`, HS-with-a-public-key and other
+//!   substitutions are refused by the library. A JWKS key with a `kid` is only tried for tokens naming it.
+//! - `exp` is required unless the configuration relaxes it; `exp` and `nbf` are checked when present
+//!   (30 s leeway); `aud` and `iss` are checked when configured.
+//! - A `symbols` claim (`["BTC", "ETH"]`, or `["*"]` for all) limits what the client may stream, as
+//!   Mercure's topic selectors do: asking for a symbol outside it is a 403.
+//!
+//! Keys and tokens are never logged: [`Auth`]'s `Debug` prints the algorithms only, and [`AuthError`]
+//! names what was wrong, never the token.
 
 use std::fmt;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{KeyInit, Mac};
+use cryptoviz_crds::config::GatewayConfig;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-type HmacSha256 = hmac::Hmac<sha2_gateway::Sha256>;
-
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-const LEEWAY_S: i64 = 30;
+const LEEWAY_S: u64 = 30;
 
-/// The HS256 verification key.
+/// One verification key.
+struct Key {
+    alg: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// The verification keys and the checks every token passes.
 pub struct Auth {
-    key: Vec<u8>,
+    keys: Vec<Key>,
+    /// Checks shared by every algorithm (`algorithms` is set per key).
+    validation: Validation,
 }
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Auth { key: <redacted> }")
+        let algs: Vec<_> = self.keys.iter().map(|k| k.alg).collect();
+        write!(f, "Auth {{ algorithms: {algs:?}, keys: <redacted> }}")
     }
 }
 
@@ -33,121 +48,261 @@ impl fmt::Debug for Auth {
 pub struct Grant {
     /// Upper-case symbols the client may stream; `None` means all.
     pub symbols: Option<Vec<String>>,
+    /// The token's `exp` (seconds since the epoch): the stream is closed then.
+    pub expires_at: Option<i64>,
 }
 
-/// Why a token was refused.
+/// Why a token was refused. The message is what the client is told.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     /// No bearer token in the request.
     #[error("missing bearer token")]
     Missing,
-    /// Not a well-formed HS256 JWT.
-    #[error("malformed token: {0}")]
-    Malformed(&'static str),
-    /// The signature does not match the key.
+    /// Not a JWT, or its header or claims do not parse.
+    #[error("malformed token")]
+    Malformed,
+    /// The header's `alg` is not one the gateway has a key for.
+    #[error("algorithm not accepted")]
+    Algorithm,
+    /// No configured key verifies the signature.
     #[error("bad signature")]
     BadSignature,
     /// `exp` is past or `nbf` is in the future.
     #[error("token expired or not yet valid")]
     Expired,
+    /// A claim the gateway requires is absent (`exp`, or `aud`/`iss` when configured).
+    #[error("token lacks the {0} claim")]
+    MissingClaim(String),
+    /// `aud` does not name the configured audience.
+    #[error("wrong audience")]
+    Audience,
+    /// `iss` is not the configured issuer.
+    #[error("wrong issuer")]
+    Issuer,
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
+impl From<jsonwebtoken::errors::Error> for AuthError {
+    fn from(e: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::InvalidSignature => AuthError::BadSignature,
+            K::ExpiredSignature | K::ImmatureSignature => AuthError::Expired,
+            K::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+            K::InvalidAudience => AuthError::Audience,
+            K::InvalidIssuer => AuthError::Issuer,
+            K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+                AuthError::Algorithm
+            }
+            _ => AuthError::Malformed,
+        }
+    }
 }
 
+/// The claims the gateway reads (the library checks `exp`, `nbf`, `aud`, `iss` itself).
 #[derive(Deserialize)]
 struct Claims {
     exp: Option<i64>,
-    nbf: Option<i64>,
     symbols: Option<Vec<String>>,
 }
 
-impl Auth {
-    /// Auth from the configured environment variable; `None` when auth is off. A configured but missing or
-    /// empty variable is an error: the gateway must never silently start open.
-    pub fn from_env(var: Option<&str>) -> anyhow::Result<Option<Self>> {
-        let Some(var) = var else { return Ok(None) };
-        match std::env::var(var) {
-            Ok(k) if !k.is_empty() => Ok(Some(Auth { key: k.into_bytes() })),
-            _ => anyhow::bail!("gateway auth is configured but the key variable {var} is unset or empty"),
+/// Verification keys parsed from a public-key document: a JWKS (`{"keys": [...]}`) or one PEM public key
+/// (RSA for RS256, P-256 EC for ES256).
+fn public_keys(doc: &str) -> anyhow::Result<Vec<Key>> {
+    let doc = doc.trim();
+    if doc.starts_with('{') {
+        let set: JwkSet = serde_json::from_str(doc).map_err(|e| anyhow::anyhow!("not a JWKS document: {e}"))?;
+        let mut keys = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+                (Some(a), _) => {
+                    a.to_string().parse().map_err(|_| anyhow::anyhow!("JWKS key {i}: alg {a} is not accepted"))?
+                }
+                (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+                (None, AlgorithmParameters::EllipticCurve(p)) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+                (None, _) => anyhow::bail!("JWKS key {i}: only RSA and P-256 EC keys are accepted"),
+            };
+            if !matches!(alg, Algorithm::RS256 | Algorithm::ES256) {
+                anyhow::bail!("JWKS key {i}: alg {alg:?} is not accepted (RS256 or ES256)");
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| anyhow::anyhow!("JWKS key {i}: {e}"))?;
+            keys.push(Key { alg, kid: jwk.common.key_id.clone(), key });
         }
+        anyhow::ensure!(!keys.is_empty(), "the JWKS document has no keys");
+        return Ok(keys);
     }
-
-    /// Auth with a given key.
-    pub fn new(key: impl Into<Vec<u8>>) -> Self {
-        Auth { key: key.into() }
+    if let Ok(key) = DecodingKey::from_rsa_pem(doc.as_bytes()) {
+        return Ok(vec![Key { alg: Algorithm::RS256, kid: None, key }]);
     }
-
-    /// Verify a compact JWT at `now` (seconds since the epoch).
-    pub fn verify(&self, token: &str, now: i64) -> Result<Grant, AuthError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(AuthError::Malformed("not three dot-separated parts"));
-        };
-        let header: Header = decode_json(h)?;
-        if header.alg != "HS256" {
-            return Err(AuthError::Malformed("alg is not HS256"));
-        }
-        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::Malformed("signature is not base64url"))?;
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        mac.update(&token.as_bytes()[..h.len() + 1 + p.len()]);
-        // Constant-time comparison.
-        mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
-        let claims: Claims = decode_json(p)?;
-        if claims.exp.is_some_and(|exp| now > exp + LEEWAY_S) || claims.nbf.is_some_and(|nbf| now + LEEWAY_S < nbf) {
-            return Err(AuthError::Expired);
-        }
-        Ok(Grant { symbols: claims.symbols.map(|s| s.into_iter().map(|s| s.to_uppercase()).collect()) })
+    match DecodingKey::from_ec_pem(doc.as_bytes()) {
+        Ok(key) => Ok(vec![Key { alg: Algorithm::ES256, kid: None, key }]),
+        Err(_) => anyhow::bail!("neither a JWKS document nor an RSA or P-256 EC public key in PEM"),
     }
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| AuthError::Malformed("part is not base64url"))?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed("part is not the expected JSON"))
+fn read_env(var: &str) -> anyhow::Result<String> {
+    match std::env::var(var) {
+        Ok(k) if !k.is_empty() => Ok(k),
+        _ => anyhow::bail!("gateway auth is configured but the key variable {var} is unset or empty"),
+    }
+}
+
+impl Auth {
+    /// Auth from the gateway configuration and the environment variables it names; `None` when no key is
+    /// configured. A configured but missing, empty or unparsable key is an error: the gateway must never
+    /// silently start open.
+    pub fn from_config(cfg: &GatewayConfig) -> anyhow::Result<Option<Self>> {
+        let mut keys = Vec::new();
+        if let Some(var) = &cfg.jwt_key_env {
+            keys.push(Key {
+                alg: Algorithm::HS256,
+                kid: None,
+                key: DecodingKey::from_secret(read_env(var)?.as_bytes())?,
+            });
+        }
+        if let Some(var) = &cfg.jwt_public_keys_env {
+            keys.extend(public_keys(&read_env(var)?).map_err(|e| anyhow::anyhow!("{var}: {e}"))?);
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Auth::new(keys, cfg.jwt_require_exp, cfg.jwt_audience.as_deref(), cfg.jwt_issuer.as_deref())))
+    }
+
+    fn new(keys: Vec<Key>, require_exp: bool, audience: Option<&str>, issuer: Option<&str>) -> Self {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = LEEWAY_S;
+        v.validate_nbf = true;
+        let mut required = Vec::new();
+        if require_exp {
+            required.push("exp");
+        }
+        v.validate_aud = audience.is_some();
+        if let Some(a) = audience {
+            v.set_audience(&[a]);
+            required.push("aud");
+        }
+        if let Some(i) = issuer {
+            v.set_issuer(&[i]);
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
+        Auth { keys, validation: v }
+    }
+
+    /// Verify a compact JWT: the first configured key of the token's algorithm (and `kid`, when both name
+    /// one) that verifies it decides.
+    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let mut last = AuthError::Algorithm;
+        for k in self.keys.iter().filter(|k| k.alg == header.alg) {
+            if let (Some(want), Some(have)) = (&header.kid, &k.kid)
+                && want != have
+            {
+                continue;
+            }
+            let mut v = self.validation.clone();
+            v.algorithms = vec![k.alg];
+            match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
+                Ok(data) => return Ok(grant(data.claims)),
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The request's path and query for a log line, with any `access_token` value replaced by `REDACTED`.
+pub fn loggable(uri: &axum::http::Uri) -> String {
+    let Some(q) = uri.query() else { return uri.path().to_owned() };
+    let pairs = form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| if k == "access_token" { (k, "REDACTED".into()) } else { (k, v) });
+    format!("{}?{}", uri.path(), form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish())
+}
+
+fn grant(c: Claims) -> Grant {
+    let symbols = c.symbols.filter(|s| !s.iter().any(|s| s == "*"));
+    Grant { symbols: symbols.map(|s| s.into_iter().map(|s| s.to_uppercase()).collect()), expires_at: c.exp }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // The HS256 example token from RFC 7519's reference site (jwt.io), key "your-256-bit-secret".
-    const EXAMPLE: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
-        eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.\
-        SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+    fn hs(key: &str, require_exp: bool, aud: Option<&str>) -> Auth {
+        let key = Key { alg: Algorithm::HS256, kid: None, key: DecodingKey::from_secret(key.as_bytes()).unwrap() };
+        Auth::new(vec![key], require_exp, aud, None)
+    }
 
-    fn sign(key: &[u8], header: &str, claims: &str) -> String {
-        let msg = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
-        let mut mac = HmacSha256::new_from_slice(key).unwrap();
-        mac.update(msg.as_bytes());
-        format!("{msg}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    fn sign(key: &str, alg: Algorithm, claims: serde_json::Value) -> String {
+        let k = jsonwebtoken::EncodingKey::from_secret(key.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &k).unwrap()
+    }
+
+    fn in_an_hour() -> i64 {
+        chrono::Utc::now().timestamp() + 3600
     }
 
     #[test]
-    fn accepts_a_known_good_token_and_rejects_a_wrong_key() {
-        assert_eq!(Auth::new("your-256-bit-secret").verify(EXAMPLE, 0), Ok(Grant { symbols: None }));
-        assert_eq!(Auth::new("other").verify(EXAMPLE, 0), Err(AuthError::BadSignature));
+    fn a_good_token_grants_its_symbols_and_expiry() {
+        let exp = in_an_hour();
+        let t = sign("k", Algorithm::HS256, serde_json::json!({"symbols": ["btc"], "exp": exp}));
+        assert_eq!(
+            hs("k", true, None).verify(&t),
+            Ok(Grant { symbols: Some(vec!["BTC".into()]), expires_at: Some(exp) })
+        );
+        let all = sign("k", Algorithm::HS256, serde_json::json!({"symbols": ["*"], "exp": exp}));
+        assert_eq!(hs("k", true, None).verify(&all).unwrap().symbols, None);
     }
 
     #[test]
-    fn symbols_claim_restricts_and_times_are_checked() {
-        let a = Auth::new("k");
-        let t = sign(b"k", r#"{"alg":"HS256"}"#, r#"{"symbols":["btc"],"exp":1000}"#);
-        assert_eq!(a.verify(&t, 900).unwrap().symbols, Some(vec!["BTC".to_string()]));
-        assert_eq!(a.verify(&t, 2000), Err(AuthError::Expired));
-        let nbf = sign(b"k", r#"{"alg":"HS256"}"#, r#"{"nbf":5000}"#);
-        assert_eq!(a.verify(&nbf, 1000), Err(AuthError::Expired));
-    }
-
-    #[test]
-    fn other_algorithms_and_garbage_are_refused() {
-        let a = Auth::new("k");
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#), URL_SAFE_NO_PAD.encode("{}"));
-        assert!(matches!(a.verify(&none, 0), Err(AuthError::Malformed(_))));
-        let hs512 = sign(b"k", r#"{"alg":"HS512"}"#, "{}");
-        assert!(matches!(a.verify(&hs512, 0), Err(AuthError::Malformed(_))));
-        assert!(matches!(a.verify("a.b", 0), Err(AuthError::Malformed(_))));
+    fn refusals_name_what_was_wrong() {
+        let a = hs("k", true, Some("cryptoviz"));
+        let exp = in_an_hour();
+        let cases = [
+            (
+                sign("other", Algorithm::HS256, serde_json::json!({"exp": exp, "aud": "cryptoviz"})),
+                AuthError::BadSignature,
+            ),
+            (sign("k", Algorithm::HS256, serde_json::json!({"exp": exp, "aud": "else"})), AuthError::Audience),
+            (sign("k", Algorithm::HS256, serde_json::json!({"exp": 1000, "aud": "cryptoviz"})), AuthError::Expired),
+            (
+                sign("k", Algorithm::HS256, serde_json::json!({"aud": "cryptoviz"})),
+                AuthError::MissingClaim("exp".into()),
+            ),
+            (sign("k", Algorithm::HS512, serde_json::json!({"exp": exp, "aud": "cryptoviz"})), AuthError::Algorithm),
+            ("a.b".into(), AuthError::Malformed),
+        ];
+        for (token, want) in cases {
+            assert_eq!(a.verify(&token), Err(want));
+        }
         assert!(format!("{a:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn exp_can_be_relaxed_but_is_still_checked_when_present() {
+        let a = hs("k", false, None);
+        assert!(a.verify(&sign("k", Algorithm::HS256, serde_json::json!({"sub": "x"}))).is_ok());
+        assert_eq!(a.verify(&sign("k", Algorithm::HS256, serde_json::json!({"exp": 1000}))), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn pem_public_keys_pick_their_algorithm() {
+        let rsa = public_keys(include_str!("../../../tests/fixtures/jwt/rsa.pub.pem")).unwrap();
+        let ec = public_keys(include_str!("../../../tests/fixtures/jwt/ec.pub.pem")).unwrap();
+        assert_eq!((rsa[0].alg, ec[0].alg), (Algorithm::RS256, Algorithm::ES256));
+    }
+
+    #[test]
+    fn query_tokens_are_redacted_for_logs() {
+        let uri: axum::http::Uri = "/stream?symbols=BTC&access_token=eyJ.secret.sig".parse().unwrap();
+        assert_eq!(loggable(&uri), "/stream?symbols=BTC&access_token=REDACTED");
+        assert_eq!(loggable(&"/stream".parse().unwrap()), "/stream");
+    }
+
+    #[test]
+    fn public_key_documents_are_checked() {
+        assert!(public_keys("not a key").is_err());
+        assert!(public_keys(r#"{"keys": []}"#).is_err());
+        assert!(public_keys(r#"{"keys": [{"kty": "oct", "k": "AAAA"}]}"#).is_err());
     }
 }

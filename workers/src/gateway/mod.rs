@@ -6,7 +6,7 @@
 //! - [`delivery`]: what each client is sent of each event, and when it is dropped, as pure functions.
 //! - [`kafka`]: the Kafka tail — every replica reads every partition (`assign`, no consumer group).
 //! - [`sse`]: `GET /stream` admission and each client's frames; [`payload`]: what clients receive;
-//!   [`auth`]: optional HS256 JWTs; [`params`]: the bounded filter parameters; [`limits`]: connection
+//!   [`auth`]: optional JWTs (HS256, RS256, ES256); [`params`]: the bounded filter parameters; [`limits`]: connection
 //!   limits and who a client is (its peer, or what a trusted proxy forwards).
 //! - [`handoff`] and [`fanout`]: stream connections are taken off the HTTP server and written by one
 //!   shard per core, so an event costs one `writev` per client and nothing else; [`recent`]: a shard's
@@ -245,7 +245,7 @@ pub async fn serve(
 
 /// Gateway mode: tail the stream topic from Kafka and serve SSE on `listen` until SIGTERM.
 pub async fn run(cfg: WorkerConfig, listen: SocketAddr) -> anyhow::Result<()> {
-    let auth = Auth::from_env(cfg.gateway.jwt_key_env.as_deref())?;
+    let auth = Auth::from_config(&cfg.gateway)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let hub = Hub::new(hub_options(&cfg)?, metrics);

@@ -73,11 +73,13 @@ pub async fn stream(
     State(gw): State<Arc<Gateway>>,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     kill: Option<axum::Extension<ConnKill>>,
     peer: Option<axum::Extension<Peer>>,
 ) -> Response {
     // Auth first: an unauthenticated client learns nothing, not even whether its filters parse.
     let mut allowed: Option<HashSet<Box<str>>> = None;
+    let mut expires_ms = None;
     if let Some(auth) = &gw.auth {
         let bearer = headers
             .get(header::AUTHORIZATION)
@@ -88,10 +90,14 @@ pub async fn stream(
         let Some(token) = bearer else {
             return refuse(&gw, StatusCode::UNAUTHORIZED, "unauthorized", "bearer token required\n");
         };
-        match auth.verify(token, chrono::Utc::now().timestamp()) {
-            Ok(grant) => allowed = grant.symbols.map(|s| s.into_iter().map(Into::into).collect()),
+        match auth.verify(token) {
+            Ok(grant) => {
+                allowed = grant.symbols.map(|s| s.into_iter().map(Into::into).collect());
+                expires_ms = grant.expires_at.map(|s| s.saturating_mul(1000));
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "refused a token");
+                // The reason and the redacted path only: the token itself is never logged.
+                tracing::debug!(path = %super::auth::loggable(&uri), error = %e, "refused a token");
                 return refuse(&gw, StatusCode::UNAUTHORIZED, "unauthorized", &format!("{e}\n"));
             }
         }
@@ -209,6 +215,7 @@ pub async fn stream(
         caught_up: false,
         greeting,
         done: false,
+        expires_ms,
         guard,
     };
     let mut r = (
@@ -249,6 +256,8 @@ pub struct Conn {
     hb_seen: u64,
     greeting: VecDeque<Bytes>,
     done: bool,
+    /// The token's `exp` in milliseconds: past it the stream ends with an `expired` event.
+    expires_ms: Option<i64>,
     guard: ClientGuard,
 }
 
@@ -273,6 +282,9 @@ impl Conn {
         tally: &mut Tally,
         mut each: impl FnMut(&'a Event),
     ) -> bool {
+        if self.expired(now_ms) {
+            return false;
+        }
         let standing = Standing {
             done: self.done,
             resuming: self.floor.is_some(),
@@ -299,6 +311,11 @@ impl Conn {
         true
     }
 
+    /// The client's token has expired (and the final event is not yet queued).
+    fn expired(&self, now_ms: i64) -> bool {
+        !self.done && self.expires_ms.is_some_and(|exp| now_ms >= exp)
+    }
+
     /// The client's socket is full (`true`) or draining again: the hub's sweep drops a client that stays
     /// full while it falls further behind than its bound.
     pub fn stalled(&self, full: bool) {
@@ -312,6 +329,15 @@ impl Conn {
         out.extend(self.greeting.drain(..));
         if self.done {
             return if out.len() > before { Fill::Frames } else { Fill::End };
+        }
+        if self.expired(now_ms) {
+            // Checked at every event and heartbeat: the stream ends within a heartbeat interval of `exp`.
+            self.done = true;
+            self.caught_up = false;
+            out.push_back(Bytes::from_static(
+                b"data: {\"type\":\"expired\",\"data\":{\"reason\":\"token expired, reconnect with a new token\"}}\n\n",
+            ));
+            return Fill::Frames;
         }
         if self.hub.is_down() {
             self.done = true;

@@ -70,7 +70,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let scraper_metrics = Arc::new(scraper::Metrics::register(&mut registry));
     let hub = Hub::new(gateway::hub_options(&cfg)?, Arc::new(gateway::metrics::Metrics::new(&mut registry)));
-    let auth = Auth::from_env(cfg.gateway.jwt_key_env.as_deref())?;
+    let auth = Auth::from_config(&cfg.gateway)?;
     let health = Health::new();
     let listener = gateway::bind(opts.listen)?;
     let addr = listener.local_addr()?;

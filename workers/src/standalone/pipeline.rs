@@ -206,6 +206,7 @@ pub(crate) mod tests {
     #[test]
     fn timescale_adds_storage_with_the_operators_schema_name() {
         let cfg = WorkerConfig::for_pipeline(&pipeline(&opts(&["--timescale", "postgres://x"])).unwrap()).unwrap();
-        assert_eq!(cfg.storage.unwrap().schema, "cv_standalone");
+        // The built-in pipeline is `default/standalone`: the operator's default schema name for it.
+        assert_eq!(cfg.storage.unwrap().schema, "cv_default_standalone");
     }
 }
