@@ -157,8 +157,13 @@ async fn every_dashboard_query_and_alert_rule_works_against_the_real_processes()
     let scraper = start_worker("scraper", &config, &[], &dir.join("scraper.log"));
     let broken_scraper = start_worker("scraper", &broken_config, &[], &dir.join("broken-scraper.log"));
     let consumer = start_worker("consumer", &config, &[(&db_env, env.timescale_url())], &dir.join("consumer.log"));
-    let gateway =
-        start_worker("gateway", &config, &[("CRYPTOVIZ_GATEWAY_CLIENT_QUEUE", "16")], &dir.join("gateway.log"));
+    // The gateway reads the database too (the history API), as its pod spec gives it.
+    let gateway = start_worker(
+        "gateway",
+        &config,
+        &[("CRYPTOVIZ_GATEWAY_CLIENT_QUEUE", "16"), (&db_env, env.timescale_url())],
+        &dir.join("gateway.log"),
+    );
     let workers = [("scraper", &scraper), ("scraper", &broken_scraper), ("consumer", &consumer), ("gateway", &gateway)];
     for (name, w) in workers {
         let url = format!("{}/metrics", w.url);
