@@ -121,25 +121,34 @@ impl Setup {
     }
 
     /// The consumer group's committed offset equals the end of every raw partition (nothing left to re-read).
+    /// A broker error (e.g. `NotCoordinator` while a fresh broker elects the group's coordinator) is "not
+    /// yet": callers poll this in a wait.
     pub fn fully_committed(&self) -> bool {
+        self.committed_to_end().unwrap_or(false)
+    }
+
+    fn committed_to_end(&self) -> Result<bool, rdkafka::error::KafkaError> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", TestEnv::get().kafka_bootstrap())
             .set("group.id", &self.cfg.consumer.group_id)
-            .create()
-            .unwrap();
-        let md = c.fetch_metadata(Some(&self.cfg.kafka.raw_topic), Duration::from_secs(10)).unwrap();
+            .create()?;
+        let md = c.fetch_metadata(Some(&self.cfg.kafka.raw_topic), Duration::from_secs(10))?;
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
             tpl.add_partition(&self.cfg.kafka.raw_topic, p.id());
         }
-        let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-        committed.elements().iter().all(|e| {
-            let (_, high) = c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10)).unwrap();
-            match e.offset() {
+        let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+        for e in committed.elements() {
+            let (_, high) = c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
+            let done = match e.offset() {
                 Offset::Offset(o) => o == high,
                 _ => high == 0,
+            };
+            if !done {
+                return Ok(false);
             }
-        })
+        }
+        Ok(true)
     }
 
     /// Every record on the dead-letter topic, read up to its high watermark at the time of the call, however
